@@ -1,0 +1,35 @@
+"""Output folders that appear complete or not at all."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_output_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a staging folder that replaces ``path`` only if the block finishes.
+
+    Files are written into a hidden sibling folder; on success it is renamed to ``path``
+    (an existing folder there is replaced), on any exception it is removed, so a failed
+    run never leaves a half-written output folder behind.
+    """
+    target = Path(path).resolve()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"out must be a folder, but {target} is a file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        target.rename(trash / target.name)
+        staging.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(target)
