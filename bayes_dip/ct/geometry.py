@@ -87,14 +87,31 @@ class _Geometry:
         """Physical image size ``(height, width)`` in length units."""
         return (self.im_shape[0] * self.pixel_size, self.im_shape[1] * self.pixel_size)
 
-    def _key(self) -> tuple:
+    def _params(self) -> dict:
         raise NotImplementedError
+
+    def _key(self) -> tuple:
+        return tuple(v.tobytes() if isinstance(v, np.ndarray) else v for v in self._params().values())
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self._key() == other._key()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._key())
+
+    def isclose(self, other: object, rtol: float = 1e-9) -> bool:
+        """Same type and sizes, all lengths and angles equal up to ``rtol`` (relative)."""
+        if type(self) is not type(other):
+            return False
+        mine, theirs = self._params(), other._params()  # type: ignore[attr-defined]
+        for name, v in mine.items():
+            w = theirs[name]
+            if isinstance(v, (int, tuple)):
+                if v != w:
+                    return False
+            elif np.shape(v) != np.shape(w) or not np.allclose(v, w, rtol=rtol, atol=rtol * np.max(np.abs(v))):
+                return False
+        return True
 
 
 class ParallelBeamGeometry(_Geometry):
@@ -131,9 +148,9 @@ class ParallelBeamGeometry(_Geometry):
         self.det_spacing = (_check_positive("det_spacing", det_spacing) if det_spacing is not None
                             else 2 * rho / self.num_detectors)
 
-    def _key(self) -> tuple:
-        return (self.im_shape, self.pixel_size, self.angles.tobytes(), self.num_detectors,
-                self.det_spacing)
+    def _params(self) -> dict:
+        return dict(im_shape=self.im_shape, pixel_size=self.pixel_size, angles=self.angles,
+                    num_detectors=self.num_detectors, det_spacing=self.det_spacing)
 
     def __repr__(self) -> str:
         return (f"ParallelBeamGeometry(im_shape={self.im_shape}, num_angles={self.num_angles}, "
@@ -188,9 +205,10 @@ class FanBeamGeometry(_Geometry):
         """Detector cell width projected to the rotation axis (``det_pixel_size / magnification``)."""
         return self.det_pixel_size / self.magnification
 
-    def _key(self) -> tuple:
-        return (self.im_shape, self.pixel_size, self.angles.tobytes(), self.src_origin_dist,
-                self.origin_det_dist, self.det_pixel_size, self.num_detectors)
+    def _params(self) -> dict:
+        return dict(im_shape=self.im_shape, pixel_size=self.pixel_size, angles=self.angles,
+                    src_origin_dist=self.src_origin_dist, origin_det_dist=self.origin_det_dist,
+                    det_pixel_size=self.det_pixel_size, num_detectors=self.num_detectors)
 
     def __repr__(self) -> str:
         return (f"FanBeamGeometry(im_shape={self.im_shape}, num_angles={self.num_angles}, "
