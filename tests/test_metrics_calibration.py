@@ -124,6 +124,8 @@ def test_correlation_matches_scipy():
     assert result.spearman == pytest.approx(spearmanr(std.ravel(), abs_err).statistic, rel=1e-10)
     perfect = std_error_correlation(mean, 2 * np.abs(gt - mean) + 1e-3, gt)
     assert perfect.pearson == pytest.approx(1.0) and perfect.spearman == pytest.approx(1.0)
+    homoscedastic = std_error_correlation(mean, np.ones_like(std), gt)
+    assert np.isnan(homoscedastic.pearson) and np.isnan(homoscedastic.spearman)
 
 
 def test_z_score_histogram_is_standard_normal_when_calibrated():

@@ -139,7 +139,8 @@ def sparsification_curve(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLik
     """Sparsification curve at removed fractions ``k / n_fractions``, ``k = 0 … n_fractions − 1``.
 
     ``error`` is ``"mae"``, ``"mse"`` or ``"rmse"`` of the kept pixels; with ``normalize``
-    both curves are divided by the error of all pixels (so they start at 1).
+    both curves are divided by the error of all pixels (so they start at 1). Ties in
+    ``std`` are removed in pixel order (so a constant std ranks pixels arbitrarily).
     """
     if error not in ("mae", "mse", "rmse"):
         raise ValueError(f"error must be 'mae', 'mse' or 'rmse', got {error!r}")
@@ -176,13 +177,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
     if denom == 0:
-        raise ValueError("std and |error| must both vary across pixels to be correlated")
+        return float("nan")
     return float(np.clip(np.dot(a, b) / denom, -1.0, 1.0))
 
 
 def std_error_correlation(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLike,
                           ) -> StdErrorCorrelation:
-    """Pearson and Spearman (rank, ties averaged) correlation of ``std`` and ``|gt − mean|``."""
+    """Pearson and Spearman (rank, ties averaged) correlation of ``std`` and ``|gt − mean|``.
+
+    Both are NaN when ``std`` or the error is constant (e.g. a homoscedastic predictive).
+    """
     mu, sd, gt = predictive_arrays(mean, std, ground_truth)
     abs_err = np.abs(gt - mu)
     return StdErrorCorrelation(_pearson(sd, abs_err), _pearson(rankdata(sd), rankdata(abs_err)))
