@@ -54,9 +54,9 @@ def test_png_npy_round_trips(tmp_path):
     # pure green -> ITU-R 601-2 luma 0.587, up to one 8-bit grey level
     np.testing.assert_allclose(load_image(tmp_path / "rgb.png").numpy(), 0.587, atol=1 / 255)
 
-    unit = rng.uniform(0.2, 0.7, size=(10, 10))
-    np.save(tmp_path / "unit.npy", unit[None, None])
-    np.testing.assert_allclose(load_image(tmp_path / "unit.npy")[0, 0].numpy(), unit, atol=1e-7)
+    mu = rng.uniform(0.0, 0.05, size=(10, 10))  # e.g. attenuation in 1/mm: divided by its maximum
+    np.save(tmp_path / "mu.npy", mu[None, None])
+    np.testing.assert_allclose(load_image(tmp_path / "mu.npy")[0, 0].numpy(), mu / mu.max(), atol=1e-7)
     hu = rng.uniform(-1000, 3000, size=(10, 10))
     np.save(tmp_path / "hu.npy", hu)
     np.testing.assert_allclose(load_image(tmp_path / "hu.npy")[0, 0].numpy(),

@@ -6,8 +6,9 @@ Intensity conventions:
   (see :mod:`bayes_dip.data.dicom`), so 0 means vacuum.
 * ``.png``: grey values divided by the format's maximum (255 for 8-bit, 65535 for 16-bit);
   colour images are converted to luma (ITU-R 601-2, PIL's ``"L"`` mode), alpha is dropped.
-* ``.npy``: a real 2D array (leading singleton axes allowed); values already in [0, 1] are
-  kept, any other range is rescaled by min-max to [0, 1] (a constant image becomes zeros).
+* ``.npy``: a real 2D array (leading singleton axes allowed). Non-negative arrays are divided
+  by their maximum (0 stays 0, as for DICOM; an all-zero image stays zero); arrays with
+  negative values are rescaled by min-max to [0, 1] (a constant image becomes zeros).
 
 Resizing (``size``) uses ``skimage.transform.resize`` with linear interpolation and
 anti-aliasing and only accepts square images: reconstructions here are on square grids,
@@ -33,10 +34,11 @@ SUPPORTED_SUFFIXES = (".dcm", ".png", ".npy")
 
 
 def _unit_range(arr: np.ndarray) -> np.ndarray:
+    """Non-negative: divide by the maximum; otherwise min-max. All-constant -> zeros."""
     arr = arr.astype(np.float64)
     lo, hi = float(arr.min()), float(arr.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return arr
+    if lo >= 0.0:
+        return arr / hi if hi > 0 else arr
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 
@@ -49,8 +51,6 @@ def _read_png(path: Path) -> np.ndarray:
                 return np.asarray(im, dtype=np.float64)
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.asarray(im, dtype=np.float64) / 65535.0
-            if mode == "F":
-                return _unit_range(np.asarray(im, dtype=np.float64))
             return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"image file {str(path)!r} is not a readable PNG: {exc}") from exc
