@@ -1,0 +1,28 @@
+"""Matrix-free linear algebra: operators, PCG, preconditioners, stochastic estimators, sketches.
+
+Shared by the generic Laplace core and the linearised DIP. Everything works on column
+blocks ``V (n, k)``, in float32 or float64, on the device of its inputs.
+"""
+from .cg import CGInfo, inv_quad, pcg
+from .estimators import (Estimate, hutchinson_diagonal, hutchinson_trace, hutchpp_trace,
+                         lanczos_tridiag, logdet_grad_probes, logdet_surrogate, sample_probes,
+                         slq_logdet)
+from .operators import (DenseOperator, DiagonalOperator, LinearOperatorAdapter, MatmulOperator,
+                        Operator, ProductOperator, ScaledOperator, SumOperator, TransposeOperator,
+                        as_operator)
+from .preconditioners import (JacobiPreconditioner, LowRankPreconditioner, NystromPreconditioner,
+                              PivotedCholesky, PivotedCholeskyPreconditioner, Preconditioner,
+                              RandomizedEighPreconditioner, pivoted_cholesky)
+from .randomized import LowRankEigh, SVDResult, nystrom, randomized_eigh, randomized_svd
+
+__all__ = [
+    "CGInfo", "pcg", "inv_quad",
+    "Estimate", "sample_probes", "hutchinson_trace", "hutchpp_trace", "hutchinson_diagonal",
+    "lanczos_tridiag", "slq_logdet", "logdet_grad_probes", "logdet_surrogate",
+    "Operator", "DenseOperator", "MatmulOperator", "DiagonalOperator", "SumOperator",
+    "ProductOperator", "ScaledOperator", "TransposeOperator", "LinearOperatorAdapter", "as_operator",
+    "Preconditioner", "JacobiPreconditioner", "LowRankPreconditioner", "NystromPreconditioner",
+    "RandomizedEighPreconditioner", "PivotedCholeskyPreconditioner", "PivotedCholesky",
+    "pivoted_cholesky",
+    "LowRankEigh", "SVDResult", "randomized_svd", "randomized_eigh", "nystrom",
+]
