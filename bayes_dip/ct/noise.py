@@ -16,10 +16,10 @@ NOISE_MODELS = ("gaussian", "poisson")
 
 
 def _image_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
-    if isinstance(seed, bool):
-        raise TypeError(f"seed must be an int or a sequence of ints, got {seed!r}")
-    if isinstance(seed, int):
+    if isinstance(seed, int) and not isinstance(seed, bool):
         return [seed + b for b in range(batch)]
+    if not isinstance(seed, Sequence):
+        raise TypeError(f"seed must be an int or a sequence of ints, got {seed!r}")
     seeds = list(seed)
     if len(seeds) != batch or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seed must be an int or {batch} ints (one per image), got {seed!r}")
