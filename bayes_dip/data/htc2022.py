@@ -242,8 +242,9 @@ def plastic_attenuation(disc_recon_path: str | os.PathLike, recon_pixel_size: fl
     ``htc2022_solid_disc_full_recon_fbp.mat`` and returns the median over the disc (pixels
     above half the 99th percentile) divided by ``recon_pixel_size``. About 0.0325 / mm.
     """
-    if not (isinstance(recon_pixel_size, (int, float, np.floating)) and np.isfinite(recon_pixel_size)
-            and recon_pixel_size > 0):
+    if isinstance(recon_pixel_size, bool) or not (
+            isinstance(recon_pixel_size, (int, float, np.integer, np.floating))
+            and np.isfinite(recon_pixel_size) and recon_pixel_size > 0):
         raise ValueError(f"recon_pixel_size must be a positive number in mm, got {recon_pixel_size!r}")
     p = require_file(disc_recon_path, "solid disc reconstruction")
     try:
