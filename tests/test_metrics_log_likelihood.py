@@ -12,6 +12,7 @@ from bayes_dip.metrics import (
     log_likelihood_patchwise,
     patch_covariances_from_samples,
 )
+from bayes_dip.metrics.log_likelihood import _sample_covariances
 
 
 def _random_spd(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -30,6 +31,8 @@ def test_diagonal_matches_scipy(gen):
     gt = mean + std * torch.randn(2, 1, 6, 5, generator=gen)
     expected = norm.logpdf(gt.numpy(), loc=mean.numpy(), scale=std.numpy()).mean()
     assert log_likelihood_diagonal(mean, std, gt) == pytest.approx(expected, rel=1e-6)
+    assert log_likelihood_diagonal(mean.numpy(), std.numpy(), gt.numpy()) == \
+        pytest.approx(expected, rel=1e-6)
 
 
 def test_full_matches_scipy(gen):
@@ -74,6 +77,9 @@ def test_patchwise_p1_equals_diagonal(gen):
     covs = std.reshape(-1, 1, 1) ** 2
     result = log_likelihood_patchwise(mean, gt, 1, covariances=covs)
     assert result.per_pixel == pytest.approx(log_likelihood_diagonal(mean, std, gt), rel=1e-12)
+    inflated = log_likelihood_patchwise(mean, gt, 1, covariances=covs, added_variance=0.3)
+    assert inflated.per_pixel == pytest.approx(
+        log_likelihood_diagonal(mean, (std**2 + 0.3).sqrt(), gt), rel=1e-12)
 
 
 def test_patchwise_p_equals_h_is_full(gen):
@@ -114,6 +120,24 @@ def test_patch_covariances_from_samples_match_numpy_cov(gen):
     assert from_samples == from_covs
 
 
+def test_uneven_patches_from_float32_samples_in_chunks(gen):
+    samples = torch.randn(30, 5, 7, generator=gen)  # float32, (S, H, W)
+    covs = patch_covariances_from_samples(samples, 2)
+    flat = samples.reshape(30, -1).double().numpy()
+    patches = image_patches((5, 7), 2)
+    assert isinstance(covs, list) and len(covs) == len(patches)
+    for c, idx in zip(covs, patches):
+        assert c.dtype == torch.float64
+        np.testing.assert_allclose(c.numpy(), np.cov(flat[:, idx.numpy()], rowvar=False),
+                                   rtol=1e-10, atol=1e-12)
+    pixels = torch.stack(patches[:2])  # two 2x2 patches, one per chunk
+    chunked = _sample_covariances(samples.reshape(30, -1), pixels, max_elements=1)
+    np.testing.assert_allclose(chunked.numpy(), torch.stack(covs[:2]).numpy(), rtol=1e-12)
+    mean, gt = samples.mean(0).double(), torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    assert log_likelihood_patchwise(mean, gt, 2, samples=samples[:, None]).per_pixel == \
+        pytest.approx(log_likelihood_patchwise(mean, gt, 2, covariances=covs).per_pixel, rel=1e-12)
+
+
 def test_validation(gen):
     mean = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="std"):
@@ -128,5 +152,10 @@ def test_validation(gen):
         log_likelihood_patchwise(mean, mean, 1)
     with pytest.raises(ValueError, match="covariances"):
         log_likelihood_patchwise(mean, mean, 1, covariances=torch.ones(4, 1, 1))
+    with pytest.raises(ValueError, match="covariances as a tensor"):
+        log_likelihood_patchwise(torch.zeros(5, 5), torch.zeros(5, 5), 2,
+                                 covariances=torch.eye(4).repeat(4, 1, 1))
+    with pytest.raises(TypeError, match="samples"):
+        log_likelihood_patchwise(mean, mean, 1, samples=np.zeros((4, 3, 3), dtype=int))
     with pytest.raises(TypeError, match="covariance"):
-        log_likelihood_full(mean, np.eye(9), mean)
+        log_likelihood_full(mean, np.eye(9).tolist(), mean)

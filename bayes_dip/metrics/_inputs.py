@@ -8,7 +8,7 @@ ArrayLike = torch.Tensor | np.ndarray
 
 
 def as_float64_array(x: ArrayLike, name: str) -> np.ndarray:
-    """Copy a tensor or array to a float64 numpy array; raise TypeError naming ``name`` otherwise."""
+    """Float64 numpy copy of a tensor or array; TypeError naming ``name`` for anything else."""
     if isinstance(x, torch.Tensor):
         return x.detach().to(device="cpu", dtype=torch.float64).numpy()
     if isinstance(x, np.ndarray):

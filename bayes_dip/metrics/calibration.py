@@ -125,7 +125,8 @@ class SparsificationCurve(NamedTuple):
     oracle: np.ndarray
 
 
-def _kept_error(errors_in_removal_order: np.ndarray, n_keep: np.ndarray, error: str) -> np.ndarray:
+def _kept_error(errors_in_removal_order: np.ndarray, n_keep: np.ndarray, error: str,
+                ) -> np.ndarray:
     """Error over the last ``n_keep`` entries (the pixels not yet removed), vectorised."""
     values = np.abs(errors_in_removal_order) if error == "mae" else errors_in_removal_order**2
     tail_sums = np.cumsum(values[::-1])[n_keep - 1]
@@ -136,7 +137,7 @@ def _kept_error(errors_in_removal_order: np.ndarray, n_keep: np.ndarray, error: 
 def sparsification_curve(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLike,
                          n_fractions: int = 100, error: str = "mae", normalize: bool = True,
                          ) -> SparsificationCurve:
-    """Sparsification curve at removed fractions ``k / n_fractions``, ``k = 0 … n_fractions − 1``.
+    """Sparsification curve at removed fractions ``k / n_fractions``, ``k = 0 … n_fractions−1``.
 
     ``error`` is ``"mae"``, ``"mse"`` or ``"rmse"`` of the kept pixels; with ``normalize``
     both curves are divided by the error of all pixels (so they start at 1). Ties in
@@ -162,7 +163,7 @@ def sparsification_curve(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLik
 
 
 def ause(curve: SparsificationCurve) -> float:
-    """Area under the sparsification error ``by_uncertainty − oracle`` (trapezoid over fractions)."""
+    """Area under the sparsification error ``by_uncertainty − oracle`` (trapezoid rule)."""
     return float(np.trapezoid(curve.by_uncertainty - curve.oracle, curve.fractions))
 
 

@@ -1,6 +1,6 @@
 """Test log-likelihood of a ground-truth image under a Gaussian predictive, per pixel.
 
-All three variants return ``log N(x_true | mean, Σ) / n_pixels``:
+All three variants (torch or numpy in, float out) return ``log N(x_true | mean, Σ) / n_pixels``:
 
 - :func:`log_likelihood_diagonal`: ``Σ = diag(std²)``; any shape, all pixels pooled.
 - :func:`log_likelihood_full`: one image ``(H, W)`` or ``(1, 1, H, W)`` and a dense
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,7 @@ __all__ = ["LogLikelihood", "log_likelihood_diagonal", "log_likelihood_full",
            "log_likelihood_patchwise", "image_patches", "patch_covariances_from_samples"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+ArrayLike = Tensor | np.ndarray
 
 
 class LogLikelihood(NamedTuple):
@@ -33,15 +35,18 @@ class LogLikelihood(NamedTuple):
     jitter: float
 
 
-def _as_tensor(x: Tensor, name: str) -> Tensor:
+def _as_tensor(x: Tensor | np.ndarray, name: str) -> Tensor:
+    """Float64 tensor (device kept) from a tensor or numpy array, checked finite."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} must contain only finite values")
     return x.to(torch.float64)
 
 
-def _single_image(x: Tensor, name: str) -> Tensor:
+def _single_image(x: ArrayLike, name: str) -> Tensor:
     """``(H, W)`` float64 from ``(H, W)`` or ``(1, 1, H, W)``."""
     x = _as_tensor(x, name)
     if x.ndim == 4 and x.shape[:2] == (1, 1):
@@ -91,14 +96,17 @@ def _gaussian_log_density(residual: Tensor, chol: Tensor) -> Tensor:
 
 def _check_covariance(cov: Tensor, name: str) -> None:
     if cov.shape[-1] != cov.shape[-2]:
-        raise ValueError(f"{name} must be square in its last two dimensions, got {tuple(cov.shape)}")
-    if not torch.allclose(cov, cov.transpose(-1, -2), rtol=1e-6, atol=1e-12):
-        raise ValueError(f"{name} must be symmetric")
-    if bool((cov.diagonal(dim1=-2, dim2=-1) <= 0).any()):
+        raise ValueError(f"{name} must be square in its last two dimensions, "
+                         f"got {tuple(cov.shape)}")
+    diag = cov.diagonal(dim1=-2, dim2=-1)
+    asymmetry = (cov - cov.transpose(-1, -2)).abs().amax(dim=(-2, -1))
+    if bool((asymmetry > 1e-5 * diag.abs().amax(-1)).any()):
+        raise ValueError(f"{name} must be symmetric (up to 1e-5 of its largest variance)")
+    if bool((diag <= 0).any()):
         raise ValueError(f"{name} must have a strictly positive diagonal")
 
 
-def log_likelihood_diagonal(mean: Tensor, std: Tensor, ground_truth: Tensor) -> float:
+def log_likelihood_diagonal(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLike) -> float:
     """Per-pixel ``mean_i log N(gt_i | mean_i, std_i²)``; arguments of one shape, ``std > 0``."""
     mu, sd, gt = (_as_tensor(t, n) for t, n in ((mean, "mean"), (std, "std"),
                                                  (ground_truth, "ground_truth")))
@@ -111,7 +119,7 @@ def log_likelihood_diagonal(mean: Tensor, std: Tensor, ground_truth: Tensor) -> 
     return float((-0.5 * (_LOG_2PI + z.square()) - sd.log()).mean())
 
 
-def log_likelihood_full(mean: Tensor, covariance: Tensor, ground_truth: Tensor, *,
+def log_likelihood_full(mean: ArrayLike, covariance: ArrayLike, ground_truth: ArrayLike, *,
                         initial_jitter: float = 1e-10, max_tries: int = 8) -> LogLikelihood:
     """Per-pixel ``log N(gt | mean, covariance) / (H·W)`` for one image.
 
@@ -133,6 +141,36 @@ def log_likelihood_full(mean: Tensor, covariance: Tensor, ground_truth: Tensor, 
     return LogLikelihood(float(log_density) / n, jitter)
 
 
+def _axis_blocks(size: int, p: int) -> list[tuple[Tensor, int, Tensor]]:
+    """Blocks along one image axis: ``(starts, length, block indices)`` per block length."""
+    n_blocks, rem = divmod(size, p)
+    ids = torch.arange(n_blocks)
+    if rem == 0:
+        return [(ids * p, p, ids)]
+    last = [(ids[-1:] * p, p + rem, ids[-1:])]
+    return ([(ids[:-1] * p, p, ids[:-1])] if n_blocks > 1 else []) + last
+
+
+def _patch_groups(im_shape: tuple[int, int], patch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Patches of :func:`image_patches` grouped by shape: ``(patch ids (G,), pixels (G, n))``."""
+    if len(im_shape) != 2 or min(im_shape) < 1:
+        raise ValueError(f"im_shape must be (H, W) with H, W >= 1, got {im_shape}")
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    h, w = im_shape
+    p = min(patch_size, h, w)
+    n_cols = w // p
+    groups = []
+    for row_starts, row_len, row_ids in _axis_blocks(h, p):
+        for col_starts, col_len, col_ids in _axis_blocks(w, p):
+            rows = row_starts[:, None] + torch.arange(row_len)  # (m_r, row_len)
+            cols = col_starts[:, None] + torch.arange(col_len)  # (m_c, col_len)
+            pixels = rows[:, None, :, None] * w + cols[None, :, None, :]
+            patch_ids = row_ids[:, None] * n_cols + col_ids[None, :]
+            groups.append((patch_ids.reshape(-1), pixels.reshape(-1, row_len * col_len)))
+    return groups
+
+
 def image_patches(im_shape: tuple[int, int], patch_size: int) -> list[Tensor]:
     """Row-major flat pixel indices of the non-overlapping patches of an ``im_shape`` image.
 
@@ -141,67 +179,82 @@ def image_patches(im_shape: tuple[int, int], patch_size: int) -> list[Tensor]:
     (so edge patches can be larger and non-square). ``patch_size`` is clipped to
     ``min(im_shape)``. Pixels inside a patch are listed in row-major order.
     """
-    if len(im_shape) != 2 or min(im_shape) < 1:
-        raise ValueError(f"im_shape must be (H, W) with H, W >= 1, got {im_shape}")
-    if not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-    p = min(patch_size, *im_shape)
-    h, w = im_shape
-
-    def bounds(size: int) -> list[tuple[int, int]]:
-        starts = list(range(0, size - p + 1, p))
-        return [(s, starts[i + 1] if i + 1 < len(starts) else size) for i, s in enumerate(starts)]
-
-    flat = torch.arange(h * w).reshape(h, w)
-    return [flat[r0:r1, c0:c1].reshape(-1) for r0, r1 in bounds(h) for c0, c1 in bounds(w)]
+    groups = _patch_groups(im_shape, patch_size)
+    patches: list[Tensor] = [torch.empty(0)] * sum(ids.numel() for ids, _ in groups)
+    for ids, pixels in groups:
+        for k, row in zip(ids.tolist(), pixels):
+            patches[k] = row
+    return patches
 
 
-def _samples_as_flat(samples: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """``(S, H·W)`` float64 and ``(H, W)`` from samples ``(S, 1, H, W)`` or ``(S, H, W)``."""
-    s = _as_tensor(samples, "samples")
-    if s.ndim == 4 and s.shape[1] == 1:
-        s = s[:, 0]
+def _samples_as_flat(samples: ArrayLike) -> tuple[Tensor, tuple[int, int]]:
+    """``(S, H·W)`` view (dtype kept) and ``(H, W)`` of samples ``(S, [1,] H, W)``."""
+    if isinstance(samples, np.ndarray):
+        samples = torch.from_numpy(samples)
+    if not isinstance(samples, Tensor) or not samples.is_floating_point():
+        raise TypeError("samples must be a floating-point torch.Tensor or numpy.ndarray")
+    s = samples[:, 0] if samples.ndim == 4 and samples.shape[1] == 1 else samples
     if s.ndim != 3:
-        raise ValueError(f"samples must have shape (S, 1, H, W) or (S, H, W), got {tuple(s.shape)}")
+        raise ValueError(f"samples must have shape (S, 1, H, W) or (S, H, W), "
+                         f"got {tuple(samples.shape)}")
     if s.shape[0] < 2:
         raise ValueError("samples must contain at least 2 samples")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("samples must contain only finite values")
     return s.reshape(s.shape[0], -1), (s.shape[1], s.shape[2])
 
 
-def patch_covariances_from_samples(samples: Tensor, patch_size: int) -> list[Tensor]:
+def _sample_covariances(flat: Tensor, pixels: Tensor, max_elements: int = 2**24) -> Tensor:
+    """Unbiased float64 covariances ``(G, n, n)`` of the pixel sets ``pixels`` ``(G, n)``.
+
+    Works through the patches in chunks of at most ``max_elements`` gathered sample values,
+    so the samples are never copied to float64 as a whole.
+    """
+    n_samples = flat.shape[0]
+    pixels = pixels.to(flat.device)
+    sample_mean = flat.sum(0, dtype=torch.float64) / n_samples
+    chunk = max(1, max_elements // (n_samples * pixels.shape[1]))
+    covs = []
+    for start in range(0, pixels.shape[0], chunk):
+        idx = pixels[start:start + chunk]
+        centred = flat[:, idx].to(torch.float64) - sample_mean[idx]  # (S, g, n)
+        covs.append(torch.einsum("sgi,sgj->gij", centred, centred) / (n_samples - 1))
+    return torch.cat(covs)
+
+
+def patch_covariances_from_samples(samples: ArrayLike, patch_size: int) -> Tensor | list[Tensor]:
     """Unbiased sample covariance of each patch of :func:`image_patches` (order as there).
 
     ``samples``: ``(S, 1, H, W)`` or ``(S, H, W)`` draws from the predictive (not
-    zero-mean perturbations); each covariance is centred at the sample mean.
-    Returns a list of ``(n_k, n_k)`` float64 tensors, ``n_k`` the pixels of patch ``k``.
+    zero-mean perturbations); each covariance is centred at the sample mean. Returns a
+    float64 tensor ``(n_patches, p², p²)`` when ``p`` divides ``H`` and ``W``, else a list
+    of ``(n_k, n_k)`` tensors, ``n_k`` the pixels of patch ``k``.
     """
     flat, im_shape = _samples_as_flat(samples)
-    centred = flat - flat.mean(0, keepdim=True)
-    covs = []
-    for idx in image_patches(im_shape, patch_size):
-        c = centred[:, idx.to(flat.device)]
-        covs.append(c.T @ c / (flat.shape[0] - 1))
+    groups = _patch_groups(im_shape, patch_size)
+    if len(groups) == 1:
+        return _sample_covariances(flat, groups[0][1])
+    covs: list[Tensor] = [torch.empty(0)] * sum(ids.numel() for ids, _ in groups)
+    for ids, pixels in groups:
+        for k, cov in zip(ids.tolist(), _sample_covariances(flat, pixels)):
+            covs[k] = cov
     return covs
 
 
-def _group_by_size(covs: Sequence[Tensor]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for k, c in enumerate(covs):
-        groups.setdefault(c.shape[-1], []).append(k)
-    return groups
-
-
-def log_likelihood_patchwise(mean: Tensor, ground_truth: Tensor, patch_size: int, *,
-                             covariances: Tensor | Sequence[Tensor] | None = None,
-                             samples: Tensor | None = None, initial_jitter: float = 1e-10,
-                             max_tries: int = 8) -> LogLikelihood:
+def log_likelihood_patchwise(mean: ArrayLike, ground_truth: ArrayLike, patch_size: int, *,
+                             covariances: ArrayLike | Sequence[ArrayLike] | None = None,
+                             samples: ArrayLike | None = None, added_variance: float = 0.0,
+                             initial_jitter: float = 1e-10, max_tries: int = 8) -> LogLikelihood:
     """Per-pixel log-likelihood of one image under a patch-block-diagonal Gaussian.
 
     ``mean``, ``ground_truth``: ``(H, W)`` or ``(1, 1, H, W)``. Give exactly one of
-    ``covariances`` — a tensor ``(n_patches, p², p²)`` when every patch is ``p × p``, or a
-    sequence of ``(n_k, n_k)`` tensors in the order of :func:`image_patches` — or
-    ``samples`` ``(S, 1, H, W)`` from which they are estimated
-    (:func:`patch_covariances_from_samples`). ``jitter`` is the largest used on any patch.
+    ``covariances`` — a tensor ``(n_patches, p², p²)`` when ``p`` divides ``H`` and ``W``, or
+    a sequence of ``(n_k, n_k)`` tensors in the order of :func:`image_patches` — or
+    ``samples`` ``(S, 1, H, W)`` from which they are estimated as in
+    :func:`patch_covariances_from_samples`. ``added_variance`` (≥ 0) is added to every
+    diagonal entry first (e.g. the image-space noise term of the predictive; with fewer
+    samples than pixels per patch the sample covariances are singular without it).
+    ``jitter`` is the largest used on any patch.
     """
     mu = _single_image(mean, "mean")
     gt = _single_image(ground_truth, "ground_truth")
@@ -210,31 +263,46 @@ def log_likelihood_patchwise(mean: Tensor, ground_truth: Tensor, patch_size: int
                          f"got {tuple(gt.shape)}")
     if (covariances is None) == (samples is None):
         raise ValueError("give exactly one of covariances and samples")
-    patches = image_patches(tuple(mu.shape), patch_size)
+    if not added_variance >= 0:
+        raise ValueError(f"added_variance must be non-negative, got {added_variance}")
+    groups = _patch_groups(tuple(mu.shape), patch_size)
+    n_patches = sum(ids.numel() for ids, _ in groups)
     if samples is not None:
-        _, sample_shape = _samples_as_flat(samples)
+        flat, sample_shape = _samples_as_flat(samples)
         if sample_shape != tuple(mu.shape):
-            raise ValueError(f"samples must have images of shape {tuple(mu.shape)}, got {sample_shape}")
-        covs: Sequence[Tensor] = patch_covariances_from_samples(samples, patch_size)
-    elif isinstance(covariances, Tensor):
-        covs = list(_as_tensor(covariances, "covariances"))
+            raise ValueError(f"samples must have images of shape {tuple(mu.shape)}, "
+                             f"got {sample_shape}")
+    elif isinstance(covariances, (Tensor, np.ndarray)):
+        n = groups[0][1].shape[1]
+        if len(groups) != 1 or covariances.shape != (n_patches, n, n):
+            raise ValueError(f"covariances as a tensor must have shape ({n_patches}, {n}, {n}) "
+                             f"(patches of equal size); got {tuple(covariances.shape)}")
+        cov_tensor = _as_tensor(covariances, "covariances").to(mu.device)
     else:
-        covs = [_as_tensor(c, f"covariances[{k}]") for k, c in enumerate(covariances)]
-    if len(covs) != len(patches):
-        raise ValueError(f"covariances must hold {len(patches)} patch covariances for patch_size "
-                         f"{patch_size} and image shape {tuple(mu.shape)}, got {len(covs)}")
-    for k, (c, idx) in enumerate(zip(covs, patches)):
-        if c.shape != (idx.numel(), idx.numel()):
-            raise ValueError(f"covariances[{k}] must have shape ({idx.numel()}, {idx.numel()}), "
-                             f"got {tuple(c.shape)}")
+        cov_list = list(covariances)
+        if len(cov_list) != n_patches:
+            raise ValueError(f"covariances must hold {n_patches} patch covariances for patch_size "
+                             f"{patch_size} and image shape {tuple(mu.shape)}, got {len(cov_list)}")
     residual = (gt - mu).reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=mu.device)
     max_jitter = 0.0
-    for members in _group_by_size(covs).values():
-        cov = torch.stack([covs[k] for k in members]).to(mu.device)
+    for ids, pixels in groups:
+        n = pixels.shape[1]
+        if samples is not None:
+            cov = _sample_covariances(flat, pixels)
+        elif isinstance(covariances, (Tensor, np.ndarray)):
+            cov = cov_tensor[ids.to(mu.device)]
+        else:
+            for k in ids.tolist():
+                if tuple(cov_list[k].shape) != (n, n):
+                    raise ValueError(f"covariances[{k}] must have shape ({n}, {n}), "
+                                     f"got {tuple(cov_list[k].shape)}")
+            cov = torch.stack([_as_tensor(cov_list[k], f"covariances[{k}]").to(mu.device)
+                               for k in ids.tolist()])
+        if added_variance > 0:
+            cov = cov + added_variance * torch.eye(n, dtype=cov.dtype, device=cov.device)
         _check_covariance(cov, "covariances")
-        res = torch.stack([residual[patches[k].to(mu.device)] for k in members])
         chol, jitter = _cholesky_with_jitter(cov, initial_jitter, max_tries)
-        total = total + _gaussian_log_density(res, chol).sum()
+        total = total + _gaussian_log_density(residual[pixels.to(mu.device)], chol).sum()
         max_jitter = max(max_jitter, jitter)
     return LogLikelihood(float(total) / mu.numel(), max_jitter)

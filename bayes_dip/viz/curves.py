@@ -72,7 +72,8 @@ def plot_sparsification(
     ax.plot([], [], linestyle="--", color="gray", label="oracle (by |error|)")
     ax.set(xlabel="fraction of pixels removed (most uncertain first)", ylabel=error_label,
            title="sparsification", xlim=(0.0, 1.0))
-    ax.set_ylim(bottom=0.0, top=1.05 * max(float(np.max(c.by_uncertainty)) for c in curves.values()))
+    top = max(float(np.max(c.by_uncertainty)) for c in curves.values())
+    ax.set_ylim(bottom=0.0, top=1.05 * top)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return maybe_save(fig, save_path)

@@ -87,7 +87,8 @@ def plot_z_scores(
     ax_qq.plot(z_range, z_range, color="black", linestyle=":", label="calibrated")
     for method, z in z_scores.items():
         hist = z_score_histogram(z, n_bins=n_bins, range=z_range)
-        ax_hist.stairs(hist.density, hist.edges, label=f"{method} ({100 * hist.outside:.1f} % outside)")
+        ax_hist.stairs(hist.density, hist.edges,
+                       label=f"{method} ({100 * hist.outside:.1f} % outside)")
         qq = qq_data(z, n_quantiles=n_quantiles)
         ax_qq.plot(qq.theoretical, qq.empirical, marker=".", linestyle="none", label=method)
     ax_hist.set(xlabel="z = (ground truth − mean) / std", ylabel="density", title="z-scores")
