@@ -77,9 +77,18 @@ def check_positive(value: object, name: str) -> float:
 
 def dtype_device(matmul: object, dtype: torch.dtype | None,
                  device: torch.device | str | None) -> tuple[torch.dtype, torch.device]:
-    """dtype/device given explicitly, else those of an operator, else the torch defaults (CPU)."""
+    """dtype/device given explicitly, else those of an operator or tensor ``matmul``.
+
+    A plain callable carries neither: then ``dtype`` is required and ``device`` defaults to
+    the CPU. ``matmul=None`` means "no operator": the torch default dtype and the CPU.
+    """
     if dtype is None:
-        dtype = getattr(matmul, "dtype", None) or torch.get_default_dtype()
+        dtype = getattr(matmul, "dtype", None)
+        if dtype is None:
+            if matmul is not None:
+                raise ValueError("dtype is required when matmul is a plain callable "
+                                 "(pass dtype=..., and device=... unless it is the CPU)")
+            dtype = torch.get_default_dtype()
     if device is None:
         device = getattr(matmul, "device", None) or torch.device("cpu")
     return dtype, torch.device(device)

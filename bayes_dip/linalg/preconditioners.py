@@ -149,6 +149,7 @@ class NystromPreconditioner(LowRankPreconditioner):
     ``matmul`` applies the PSD part ``K₀`` being approximated (e.g. ``A J Σ Jᵀ Aᵀ``, without
     the noise); ``shift`` is the diagonal added to it (e.g. ``σ²``). See
     :func:`~bayes_dip.linalg.nystrom` for the sketch; ``rank + oversample`` products with ``K₀``.
+    A plain-callable ``matmul`` needs ``dtype=`` (and ``device=`` off the CPU).
     """
 
     def __init__(self, matmul: Callable[[Tensor], Tensor] | Tensor, n: int, rank: int,

@@ -6,8 +6,9 @@
 * :func:`nystrom` — stable Nyström approximation of a PSD matrix (Tropp et al. 2017;
   Frangella, Tropp & Udell 2021, Alg. 2.1): ``K ≈ (KΩ)(ΩᵀKΩ)⁺(KΩ)ᵀ = U Λ Uᵀ``.
 
-All take ``matmul: V (n, k) -> (n, k)`` callables (or operators / dense tensors); dtype and
-device come from an operator's attributes, the keyword arguments, or the torch defaults.
+All take ``matmul: V (n, k) -> (n, k)`` callables, operators or dense tensors. dtype and
+device come from the keyword arguments or from an operator / tensor; a plain callable needs
+``dtype=`` (``device`` then defaults to the CPU).
 """
 from __future__ import annotations
 
