@@ -1,0 +1,498 @@
+"""``Laplace``: one object from a trained network to posterior, evidence and predictions.
+
+It composes three independent choices instead of one class per combination:
+
+- *likelihood* (:mod:`.likelihoods`): regression, classification, binary, or a Gaussian
+  behind a linear operator (CT);
+- *subset* (:mod:`.subsets`): all weights, the last layer, named parameters/modules, or
+  single entries (subnetwork);
+- *structure* (:mod:`.posterior`): full, diag, KFAC, low-rank or matrix-free curvature.
+
+Hyperparameters are plain tensors: ``prior_precision`` of shape ``()``, ``(G,)`` (one per
+parameter tensor of the subset) or ``(P,)``; ``sigma_noise`` of shape ``()`` (Gaussian
+likelihoods only). The posterior is ``N(θ̂, (s · GGN + diag(δ))⁻¹)`` with ``s = 1/σ²`` for
+Gaussian likelihoods and ``s = 1`` otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .curvature.output import OutputCurvature
+from .data import Batches
+from .evidence import linearized_sse, linearized_step, log_marginal_likelihood, mackay_prior_precision
+from .functional import ModelFunction
+from .likelihoods import Likelihood, make_likelihood
+from .posterior import MatrixFree, Structure, make_structure
+from .predictive import LINKS, classification_probabilities, glm_moments, sampled_outputs
+from .priors import check_prior_mean, check_prior_precision, expand_prior_precision, prior_precision_kind
+from .subsets import WeightSubset, resolve_subset
+
+__all__ = ["Laplace"]
+
+_POINTS = ("map", "linearized")
+
+
+class Laplace:
+    """Laplace approximation of a network's weight posterior with a linearised (GGN) curvature.
+
+    Args:
+        model: trained network at ``θ̂`` (put in eval mode by :meth:`fit`).
+        likelihood: ``"regression" | "classification" | "binary"`` or a :class:`Likelihood`
+            such as ``LinearGaussianLikelihood(A, A_adjoint)``.
+        subset: ``"all" | "last_layer"``, a list of parameter or module names, or a
+            :class:`WeightSubset` (e.g. from :func:`~.subsets.largest_variance`).
+        structure: ``"full" | "diag" | "kfac" | "lowrank" | "matrix_free"`` or a configured
+            :class:`Structure` (``LowRank(rank=50)``, ``MatrixFree(precond_rank=20)``, ...).
+        prior_precision: ``δ``: number or tensor of shape ``()``, ``(G,)`` or ``(P,)``.
+        prior_mean: ``μ₀``: number or tensor ``()`` / ``(P,)``.
+        sigma_noise: ``σ`` (Gaussian likelihoods), number or tensor ``()``.
+        curvature: ``"ggn"`` (generalised Gauss–Newton) or ``"ef"`` (empirical Fisher).
+    """
+
+    def __init__(self, model: nn.Module, likelihood: str | Likelihood, *, subset: Any = "all",
+                 structure: str | Structure = "full", prior_precision: float | Tensor = 1.0,
+                 prior_mean: float | Tensor = 0.0, sigma_noise: float | Tensor = 1.0,
+                 curvature: str = "ggn"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        params = list(model.parameters())
+        if not params:
+            raise ValueError("model has no parameters")
+        self.model = model
+        self.likelihood = make_likelihood(likelihood)
+        self.curvature = OutputCurvature(self.likelihood, curvature)
+        self.structure = make_structure(structure)
+        self._subset_spec = subset
+        self._dtype, self._device = params[0].dtype, params[0].device
+        if not self.likelihood.has_noise and not (isinstance(sigma_noise, (int, float)) and sigma_noise == 1.0):
+            raise ValueError(f"sigma_noise applies to Gaussian likelihoods only, not {self.likelihood!r}")
+        self._sigma_noise = self._check_sigma(sigma_noise)
+        # validated fully once the subset is known (in fit)
+        self._prior_precision_init = prior_precision
+        self._prior_mean_init = prior_mean
+        check_prior_precision(prior_precision, None, None, self._dtype, self._device)
+        self._fitted = False
+
+    # ------------------------------------------------------------------ state
+    def _check_sigma(self, value: float | Tensor) -> Tensor:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+            raise TypeError(f"sigma_noise must be a number or a tensor of shape (), got {type(value).__name__}")
+        sigma = torch.as_tensor(value, dtype=self._dtype, device=self._device)
+        if sigma.dim() != 0:
+            raise ValueError(f"sigma_noise must have shape (), got {tuple(sigma.shape)}")
+        if not bool(torch.isfinite(sigma)) or not bool(sigma > 0):
+            raise ValueError(f"sigma_noise must be finite and > 0, got {float(sigma)}")
+        return sigma
+
+    def _require_fit(self) -> None:
+        if not self._fitted:
+            raise RuntimeError("Laplace is not fitted: call fit(data) first")
+
+    def _check_prec(self, value: float | Tensor) -> Tensor:
+        n_groups, n_params = self.subset.n_groups, self.subset.n_params
+        prec = check_prior_precision(value, n_groups, n_params, self._dtype, self._device)
+        if (prior_precision_kind(prec, n_groups, n_params) == "parameter"
+                and not self.structure.supports_parameter_prior):
+            raise ValueError(f"structure={self.structure.name!r} needs a prior precision that is constant "
+                             f"per parameter tensor: shape () or ({n_groups},), got ({n_params},)")
+        return prec
+
+    @property
+    def n_params(self) -> int:
+        """``P``, the number of weights under the posterior."""
+        self._require_fit()
+        return self.subset.n_params
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """Prior precision ``δ``: shape ``()``, ``(G,)`` or ``(P,)``."""
+        self._require_fit()
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: float | Tensor) -> None:
+        self._require_fit()
+        self._prior_precision = self._check_prec(value).detach().clone()
+
+    @property
+    def sigma_noise(self) -> Tensor:
+        """Observation noise std ``σ``, shape ``()`` (1 for classification)."""
+        return self._sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: float | Tensor) -> None:
+        if not self.likelihood.has_noise:
+            raise ValueError(f"sigma_noise applies to Gaussian likelihoods only, not {self.likelihood!r}")
+        self._sigma_noise = self._check_sigma(value).detach().clone()
+
+    @property
+    def mean(self) -> Tensor:
+        """Posterior mean ``θ̂ (P,)`` (the trained weights of the subset)."""
+        self._require_fit()
+        return self.theta_hat
+
+    def _delta(self, prec: Tensor | None = None) -> Tensor:
+        return expand_prior_precision(self._prior_precision if prec is None else prec, self.subset.sizes)
+
+    def _scale(self, sigma: Tensor | None = None) -> Tensor | float:
+        return self.curvature.scale(self._sigma_noise if sigma is None else sigma)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: Any, *, batch_size: int = 128, progress: bool = False) -> "Laplace":
+        """Compute the curvature at the model's current weights ``θ̂``.
+
+        Args:
+            data: ``(X, y)`` tensors or a re-iterable of ``(x, y)`` batches (DataLoader).
+                Matrix-free and low-rank structures keep a reference and pass over it again.
+            batch_size: batch size for tensor data.
+            progress: show tqdm bars.
+        Returns:
+            ``self``.
+        """
+        batches = Batches(data, batch_size, self._device)
+        self.model.eval()
+        first = next(iter(batches), None)
+        if first is None:
+            raise ValueError("data is empty")
+        self.subset: WeightSubset = resolve_subset(self.model, self._subset_spec, first[0])
+        self._fn = ModelFunction(self.model, self.subset)
+        self.theta_hat = self._fn.theta()
+        self._prior_precision = self._check_prec(self._prior_precision_init).detach().clone()
+        self.prior_mean = check_prior_mean(self._prior_mean_init, self.subset.n_params, self._dtype, self._device)
+        self._statistics(batches, progress)
+        self.structure.fit(self._fn, self.curvature, batches, self.theta_hat, progress=progress)
+        self._batches = batches
+        self._fitted = True
+        return self
+
+    def _statistics(self, batches: Batches, progress: bool) -> None:
+        """Data-fit statistics at ``θ̂``, the number of examples and (Gaussian) ``g₀ = ∇_θ log p(D|θ̂)``."""
+        lik = self.likelihood
+        stats: dict[str, Tensor] = {}
+        grad0 = torch.zeros_like(self.theta_hat) if lik.has_noise else None
+        n_data = 0
+        for i, (x, y) in enumerate(tqdm(batches, total=batches.num_batches(), disable=not progress,
+                                        desc="statistics")):
+            inputs = self._fn.prepare(x)
+            theta = self.theta_hat.clone().requires_grad_(grad0 is not None)
+            with torch.set_grad_enabled(grad0 is not None):
+                f = self._fn(theta, inputs)
+                if i == 0:
+                    lik.check_target(f, y)
+                if grad0 is not None:
+                    (g,) = torch.autograd.grad(lik.log_prob(f, y, 1.0).sum(), theta)
+                    grad0 += g
+            for key, value in lik.statistics(f.detach(), y).items():
+                stats[key] = stats[key] + value.to(torch.float64) if key in stats else value.to(torch.float64)
+            n_data += x.shape[0]
+        self._stats, self._grad0, self.n_data = stats, grad0, n_data
+
+    # ------------------------------------------------------------------ posterior
+    @property
+    def posterior_variance(self) -> Tensor:
+        """Marginal posterior variances ``diag Σ`` ``(P,)``."""
+        self._require_fit()
+        return self.structure.variance(self._scale(), self._delta())
+
+    def posterior_covariance_matmul(self, v: Tensor) -> Tensor:
+        """``Σ v`` for ``v (P, k)``."""
+        self._require_fit()
+        return self.structure.covariance_matmul(v, self._scale(), self._delta())
+
+    def posterior_precision_matmul(self, v: Tensor) -> Tensor:
+        """``K v = (s GGN + diag δ) v`` for ``v (P, k)``."""
+        self._require_fit()
+        return self.structure.precision_matmul(v, self._scale(), self._delta())
+
+    @property
+    def posterior_covariance(self) -> Tensor:
+        """Dense ``Σ (P, P)`` (for small ``P``)."""
+        eye = torch.eye(self.n_params, dtype=torch.float64, device=self._device)
+        return self.posterior_covariance_matmul(eye)
+
+    def log_det_posterior_precision(self) -> Tensor:
+        """``log|K|`` (float64)."""
+        self._require_fit()
+        return self.structure.logdet(self._scale(), self._delta())
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` weight samples ``θ̂ + ε``, ``ε ~ N(0, Σ)`` -> ``(n, P)``."""
+        self._require_fit()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        eps = self.structure.sample(n, self._scale(), self._delta(), generator)
+        return self.theta_hat + eps.to(self._dtype)
+
+    # ------------------------------------------------------------------ evidence
+    def _hyper(self, prior_precision: Tensor | float | None, sigma_noise: Tensor | float | None
+               ) -> tuple[Tensor, Tensor]:
+        prec = self._prior_precision if prior_precision is None else self._check_prec(prior_precision)
+        if sigma_noise is None:
+            sigma = self._sigma_noise
+        elif not self.likelihood.has_noise:
+            raise ValueError(f"sigma_noise applies to Gaussian likelihoods only, not {self.likelihood!r}")
+        else:
+            sigma = self._check_sigma(sigma_noise)
+        return prec, sigma
+
+    def _check_point(self, at: str) -> None:
+        if at not in _POINTS:
+            raise ValueError(f"at must be one of {_POINTS}, got {at!r}")
+        if at == "linearized" and not (self.likelihood.has_noise and self.curvature.kind == "ggn"):
+            raise ValueError("at='linearized' needs a Gaussian likelihood (regression or linear operator) "
+                             "and curvature='ggn': only there is the linearised model conjugate")
+
+    def linearized_mode(self, prior_precision: Tensor | float | None = None,
+                        sigma_noise: Tensor | float | None = None) -> Tensor:
+        """Mode ``θ* (P,)`` of the linearised model's posterior (Gaussian likelihoods)."""
+        self._require_fit()
+        self._check_point("linearized")
+        prec, sigma = self._hyper(prior_precision, sigma_noise)
+        step = linearized_step(self.structure, self._grad0, self.theta_hat - self.prior_mean,
+                               self._scale(sigma), self._delta(prec))
+        return self.theta_hat + step
+
+    def log_marginal_likelihood(self, prior_precision: Tensor | float | None = None,
+                                sigma_noise: Tensor | float | None = None, *, at: str = "map") -> Tensor:
+        """Laplace log evidence ``log p(D)``, differentiable in ``prior_precision`` and ``sigma_noise``.
+
+        Args:
+            prior_precision: ``δ`` to evaluate at (shape ``()``, ``(G,)`` or ``(P,)``); default current.
+            sigma_noise: ``σ`` (shape ``()``) for Gaussian likelihoods; default current.
+            at: ``"map"``: at ``θ̂``; ``"linearized"``: at the mode ``θ*`` of the linearised
+                model (exact evidence of the linearised model; Gaussian likelihoods only).
+        Returns:
+            float64 scalar.
+        """
+        self._require_fit()
+        self._check_point(at)
+        prec, sigma = self._hyper(prior_precision, sigma_noise)
+        delta, scale = self._delta(prec), self._scale(sigma)
+        dev = self.theta_hat - self.prior_mean
+        stats = self._stats
+        if at == "linearized":
+            step = linearized_step(self.structure, self._grad0, dev, scale, delta)
+            stats = dict(stats, sse=linearized_sse(self.structure, stats["sse"], self._grad0, step))
+            dev = dev + step
+        log_lik = self.likelihood.log_likelihood_from_statistics(stats, sigma)
+        return log_marginal_likelihood(log_lik, dev, delta, self.structure.logdet(scale, delta))
+
+    def optimize_prior_precision(self, method: str = "marglik", *, at: str = "map",
+                                 optimize_noise: bool | None = None, n_steps: int = 100, lr: float = 0.1,
+                                 max_iter: int = 100, tol: float = 1e-6, grid: Tensor | None = None,
+                                 val_data: Any = None, link: str = "probit",
+                                 progress: bool = False) -> Tensor:
+        """Fit ``prior_precision`` (and ``sigma_noise`` for Gaussian likelihoods) by type-II ML.
+
+        Args:
+            method: ``"marglik"``: Adam on ``log δ`` (and ``log σ``) maximising
+                :meth:`log_marginal_likelihood` for ``n_steps`` steps at rate ``lr``;
+                ``"mackay"``: fixed-point updates (at most ``max_iter``, stop when the relative
+                change is below ``tol``); ``"grid"``: scalar ``δ`` from ``grid`` (default
+                ``10^[-4, 4]``, 41 points) by evidence, or by validation NLL when ``val_data``
+                (``(X, y)`` tensors) is given (predictions with ``link``).
+            at: evidence at ``"map"`` (``θ̂``) or ``"linearized"`` (``θ*``), see
+                :meth:`log_marginal_likelihood`.
+            optimize_noise: also fit ``σ`` (default: True for Gaussian likelihoods).
+        Returns:
+            history of the criterion (log evidence, or validation NLL for the grid) as a tensor.
+        """
+        self._require_fit()
+        self._check_point(at)
+        if optimize_noise is None:
+            optimize_noise = self.likelihood.has_noise
+        if optimize_noise and not self.likelihood.has_noise:
+            raise ValueError(f"optimize_noise needs a Gaussian likelihood, not {self.likelihood!r}")
+        if method == "marglik":
+            return self._optimize_marglik(at, optimize_noise, n_steps, lr, progress)
+        if method == "mackay":
+            return self._optimize_mackay(at, optimize_noise, max_iter, tol, progress)
+        if method == "grid":
+            return self._optimize_grid(at, grid, val_data, link, progress)
+        raise ValueError(f"method must be 'marglik', 'mackay' or 'grid', got {method!r}")
+
+    def _optimize_marglik(self, at: str, optimize_noise: bool, n_steps: int, lr: float, progress: bool) -> Tensor:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+        log_prec = self._prior_precision.log().clone().requires_grad_(True)
+        log_sigma = self._sigma_noise.log().clone().requires_grad_(True)
+        params = [log_prec] + ([log_sigma] if optimize_noise else [])
+        opt = torch.optim.Adam(params, lr=lr)
+        history = []
+        for _ in tqdm(range(n_steps), disable=not progress, desc="marglik"):
+            opt.zero_grad()
+            value = self.log_marginal_likelihood(log_prec.exp(), log_sigma.exp() if optimize_noise else None, at=at)
+            (-value).backward()
+            opt.step()
+            history.append(value.detach())
+        self.prior_precision = log_prec.detach().exp()
+        if optimize_noise:
+            self.sigma_noise = log_sigma.detach().exp()
+        return torch.stack(history)
+
+    def _optimize_mackay(self, at: str, optimize_noise: bool, max_iter: int, tol: float, progress: bool) -> Tensor:
+        if self.curvature.kind != "ggn":
+            raise ValueError("method='mackay' needs curvature='ggn'")
+        history = []
+        for _ in tqdm(range(max_iter), disable=not progress, desc="MacKay"):
+            delta, scale = self._delta(), self._scale()
+            dev = self.theta_hat - self.prior_mean
+            sse = self._stats.get("sse")
+            if at == "linearized":
+                step = linearized_step(self.structure, self._grad0, dev, scale, delta)
+                sse = linearized_sse(self.structure, sse, self._grad0, step)
+                dev = dev + step
+            gamma = 1 - delta.to(torch.float64) * self.structure.variance(scale, delta).to(torch.float64)
+            new_prec = mackay_prior_precision(self._prior_precision, gamma, dev, self.subset.sizes)
+            change = ((new_prec - self._prior_precision).abs() / self._prior_precision).max()
+            self.prior_precision = new_prec
+            if optimize_noise:
+                new_sigma = torch.sqrt(sse / (self._stats["n"] - gamma.sum())).to(self._dtype)
+                change = torch.maximum(change, (new_sigma - self._sigma_noise).abs() / self._sigma_noise)
+                self.sigma_noise = new_sigma
+            history.append(self.log_marginal_likelihood(at=at).detach())
+            if float(change) < tol:
+                break
+        return torch.stack(history)
+
+    def _optimize_grid(self, at: str, grid: Tensor | None, val_data: Any, link: str, progress: bool) -> Tensor:
+        values = torch.logspace(-4, 4, 41, dtype=self._dtype) if grid is None else torch.as_tensor(grid)
+        if values.dim() != 1 or values.numel() == 0 or not bool((values > 0).all()):
+            raise ValueError("grid must be a non-empty 1-D tensor of positive prior precisions")
+        if val_data is not None and not (isinstance(val_data, tuple) and len(val_data) == 2):
+            raise TypeError("val_data must be a tuple (X, y) of tensors")
+        scores = []
+        for value in tqdm(values.tolist(), disable=not progress, desc="grid"):
+            prec = torch.tensor(value, dtype=self._dtype, device=self._device)
+            if val_data is None:
+                scores.append(self.log_marginal_likelihood(prec, at=at).detach())
+            else:
+                old, self._prior_precision = self._prior_precision, prec
+                try:
+                    scores.append(-self._validation_nll(val_data, link))
+                finally:
+                    self._prior_precision = old
+        scores_t = torch.stack(scores)
+        self.prior_precision = values[int(scores_t.argmax())].to(self._dtype)
+        return scores_t if val_data is None else -scores_t
+
+    def _validation_nll(self, val_data: tuple[Tensor, Tensor], link: str) -> Tensor:
+        x, y = (t.to(self._device) for t in val_data)
+        if self.likelihood.has_noise:
+            mean, var = self.predict(x, diagonal=True, noise=True)
+            var = var.reshape(mean.shape)
+            nll = 0.5 * (torch.log(2 * math.pi * var) + (y - mean) ** 2 / var)
+            return nll.reshape(x.shape[0], -1).sum(1).mean().to(torch.float64)
+        probs = self.predict(x, link=link)
+        if probs.dim() == 2 and probs.shape[1] > 1:
+            p = probs.gather(1, y.long().unsqueeze(1)).squeeze(1)
+        else:
+            p = torch.where(y.reshape(probs.shape) > 0.5, probs, 1 - probs)
+        return -p.clamp_min(torch.finfo(probs.dtype).tiny).log().mean().to(torch.float64)
+
+    # ------------------------------------------------------------------ prediction
+    def glm_predictive(self, x: Tensor, *, diagonal: bool = False) -> tuple[Tensor, Tensor]:
+        """Linearised predictive of the model output: mean ``(B, *out)`` and covariance ``(B, n_out, n_out)``
+        (variances ``(B, n_out)`` with ``diagonal``), without observation noise."""
+        self._require_fit()
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        inputs = self._fn.prepare(x.to(self._device))
+        return glm_moments(self._fn, self.theta_hat, inputs, self.posterior_covariance_matmul, diagonal)
+
+    def predict(self, x: Tensor, *, pred_type: str = "glm", link: str = "probit", n_samples: int = 100,
+                generator: torch.Generator | None = None, diagonal: bool = False,
+                noise: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Posterior predictive at inputs ``x``.
+
+        Args:
+            x: inputs ``(B, ...)``.
+            pred_type: ``"glm"`` (linearised model) or ``"nn"`` (network at ``n_samples`` weight samples).
+            link: classification with ``"glm"``: ``"probit" | "bridge" | "mc"`` (``mc`` uses ``n_samples``).
+            generator: randomness for ``"mc"`` and ``"nn"``.
+            diagonal: regression: return variances ``(B, n_out)`` instead of covariances.
+            noise: regression: add ``σ²`` (the observation noise) to the output covariance.
+        Returns:
+            classification: class probabilities ``(B, C)`` (binary: ``P(y=1)``, logits' shape);
+            regression: ``(mean (B, *out), covariance (B, n_out, n_out) or variances (B, n_out))``.
+        """
+        self._require_fit()
+        if pred_type not in ("glm", "nn"):
+            raise ValueError(f"pred_type must be 'glm' or 'nn', got {pred_type!r}")
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if pred_type == "glm":
+            mean, cov = self.glm_predictive(x, diagonal=diagonal and self.likelihood.has_noise)
+            if not self.likelihood.has_noise:
+                return classification_probabilities(self.likelihood, mean, cov, link, n_samples, generator)
+        else:
+            outputs = sampled_outputs(self._fn, self.sample(n_samples, generator),
+                                      self._fn.prepare(x.to(self._device)))
+            if not self.likelihood.has_noise:
+                link_fn = torch.sigmoid if self.likelihood.name == "binary" else (lambda f: torch.softmax(f, -1))
+                return link_fn(outputs).mean(0)
+            mean = outputs.mean(0)
+            flat = (outputs - mean).reshape(n_samples, x.shape[0], -1)
+            cov = ((flat**2).sum(0) if diagonal else torch.einsum("sbi,sbj->bij", flat, flat)) / max(n_samples - 1, 1)
+        if noise:
+            var = self._sigma_noise**2
+            cov = cov + var if diagonal else cov + var * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return mean, cov
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the fitted posterior on the same model (tensors and plain values)."""
+        self._require_fit()
+        sub = self.subset
+        return {
+            "subset": {"names": list(sub.names), "shapes": [list(s) for s in sub.shapes],
+                       "indices": list(sub.indices), "head": sub.head},
+            "likelihood": self.likelihood.name, "curvature": self.curvature.kind,
+            "structure": {"name": self.structure.name, **self.structure.state_dict()},
+            "theta_hat": self.theta_hat, "prior_precision": self._prior_precision,
+            "prior_mean": self.prior_mean, "sigma_noise": self._sigma_noise,
+            "statistics": self._stats, "grad0": self._grad0, "n_data": self.n_data,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], data: Any = None, *, batch_size: int = 128) -> "Laplace":
+        """Restore :meth:`state_dict` into a ``Laplace`` built with the same model, likelihood and structure.
+
+        ``data`` is needed (and only used) for the matrix-free structure, whose products pass
+        over the data.
+        """
+        if state.get("likelihood") != self.likelihood.name or state.get("curvature") != self.curvature.kind:
+            raise ValueError(f"state is for likelihood={state.get('likelihood')!r}, curvature={state.get('curvature')!r}; "
+                             f"this Laplace has {self.likelihood.name!r}, {self.curvature.kind!r}")
+        if state["structure"]["name"] != self.structure.name:
+            raise ValueError(f"state is for structure={state['structure']['name']!r}, "
+                             f"this Laplace has {self.structure.name!r}")
+        s = state["subset"]
+        subset = WeightSubset(tuple(s["names"]), tuple(torch.Size(x) for x in s["shapes"]),
+                              tuple(s["indices"]), s["head"])
+        subset.check_model(self.model)
+        self.model.eval()
+        self.subset, self._fn = subset, ModelFunction(self.model, subset)
+        self.theta_hat = state["theta_hat"].to(self._device, self._dtype)
+        self.prior_mean = state["prior_mean"].to(self._device, self._dtype)
+        self._sigma_noise = self._check_sigma(state["sigma_noise"])
+        self._stats = {k: v.to(self._device) for k, v in state["statistics"].items()}
+        self._grad0 = None if state["grad0"] is None else state["grad0"].to(self._device, self._dtype)
+        self.n_data = int(state["n_data"])
+        self.structure.load_state_dict({k: v for k, v in state["structure"].items() if k != "name"})
+        if isinstance(self.structure, MatrixFree):
+            if data is None:
+                raise ValueError("structure='matrix_free' needs the training data to load: pass data=")
+            self._batches = Batches(data, batch_size, self._device)
+            self.structure.bind(self._fn, self.curvature, self._batches, self.theta_hat)
+        self._fitted = True
+        self._prior_precision = self._check_prec(state["prior_precision"]).detach().clone()
+        return self

@@ -1,0 +1,125 @@
+"""Kronecker-factored (KFAC) posterior: one eigendecomposed Kronecker block per parameter tensor.
+
+Block ``b`` is ``s · c_b · (G_b ⊗ A_b) + δ_b I`` (or ``s · B_b + δ_b I`` for biases). With
+``G = Q_G Λ_G Q_Gᵀ`` and ``A = Q_A Λ_A Q_Aᵀ`` its eigenvectors are ``Q_G ⊗ Q_A`` and its
+eigenvalues ``s c λ_G λ_Aᵀ + δ_b``, so solves, log-determinants, variances and samples are
+exact for the Kronecker approximation in ``O(d_out³ + d_in³)`` per block. ``δ`` must be
+constant on each parameter tensor (scalar or per-group prior precision).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..curvature.kfac import kfac_blocks
+from ..curvature.output import OutputCurvature
+from ..data import Batches
+from ..functional import ModelFunction
+from .base import Scale, Structure, as_float64
+
+__all__ = ["KFAC"]
+
+
+class KFAC(Structure):
+    """KFAC for ``nn.Linear`` / ``nn.Conv2d`` weights and biases (see :mod:`..curvature.kfac`)."""
+
+    name = "kfac"
+    supports_parameter_prior = False
+
+    def __init__(self) -> None:
+        self.blocks: list[dict[str, Any]] | None = None
+
+    def fit(self, fn: ModelFunction, curv: OutputCurvature, batches: Batches, theta: Tensor,
+            progress: bool = False) -> None:
+        blocks = kfac_blocks(fn, curv, batches, theta, progress=progress)
+        self._set([{"name": b.name, "factors": b.factors, "coef": b.coef} for b in blocks],
+                  fn.subset.offsets, fn.subset.sizes)
+
+    def _set(self, blocks: list[dict[str, Any]], offsets: tuple[int, ...], sizes: tuple[int, ...]) -> None:
+        for block, offset, size in zip(blocks, offsets, sizes):
+            eig = [torch.linalg.eigh(f) for f in block["factors"]]
+            block["Q"] = [e.eigenvectors for e in eig]
+            block["lam"] = [e.eigenvalues.clamp_min(0) for e in eig]
+            block["dims"] = [f.shape[0] for f in block["factors"]]
+            block["offset"], block["size"] = offset, size
+        self.blocks = blocks
+
+    def _blocks(self) -> list[dict[str, Any]]:
+        if self.blocks is None:
+            raise RuntimeError("kfac posterior is not fitted: call fit() first")
+        return self.blocks
+
+    @staticmethod
+    def _eigvals(block: dict[str, Any]) -> Tensor:
+        lam = block["lam"]
+        vals = lam[0] if len(lam) == 1 else torch.outer(lam[0], lam[1])
+        return block["coef"] * vals.reshape(-1)
+
+    @staticmethod
+    def _to_eig(block: dict[str, Any], v: Tensor) -> Tensor:
+        q = block["Q"]
+        if len(q) == 1:
+            return q[0].T @ v
+        w = v.reshape(*block["dims"], -1)
+        return torch.einsum("ia,ijk,jb->abk", q[0], w, q[1]).reshape(v.shape)
+
+    @staticmethod
+    def _from_eig(block: dict[str, Any], w: Tensor) -> Tensor:
+        q = block["Q"]
+        if len(q) == 1:
+            return q[0] @ w
+        v = w.reshape(*block["dims"], -1)
+        return torch.einsum("ia,abk,jb->ijk", q[0], v, q[1]).reshape(w.shape)
+
+    def _spectral(self, v: Tensor, scale: Scale | None, delta: Tensor | None, power: float) -> Tensor:
+        """Apply ``K^power`` (or ``GGN₀`` when ``scale`` is None) blockwise to ``v (P, k)``."""
+        v64 = v.to(torch.float64)
+        out = []
+        for block in self._blocks():
+            part = v64[block["offset"]:block["offset"] + block["size"]]
+            eig = self._eigvals(block)
+            if scale is not None:
+                eig = as_float64(scale) * eig + delta[block["offset"]].to(torch.float64)
+            out.append(self._from_eig(block, (eig**power).unsqueeze(1) * self._to_eig(block, part)))
+        return torch.cat(out).to(v.dtype)
+
+    def curvature_matmul(self, v: Tensor) -> Tensor:
+        return self._spectral(v, None, None, 1.0)
+
+    def covariance_matmul(self, v: Tensor, scale: Scale, delta: Tensor) -> Tensor:
+        return self._spectral(v, scale, delta, -1.0)
+
+    def logdet(self, scale: Scale, delta: Tensor) -> Tensor:
+        total = 0.0
+        for block in self._blocks():
+            eig = as_float64(scale) * self._eigvals(block) + delta[block["offset"]].to(torch.float64)
+            total = total + eig.log().sum()
+        return total
+
+    def variance(self, scale: Scale, delta: Tensor) -> Tensor:
+        out = []
+        for block in self._blocks():
+            inv = 1 / (as_float64(scale) * self._eigvals(block) + delta[block["offset"]].to(torch.float64))
+            q = block["Q"]
+            if len(q) == 1:
+                out.append(q[0] ** 2 @ inv)
+            else:
+                out.append((q[0] ** 2 @ inv.reshape(block["dims"]) @ (q[1] ** 2).T).reshape(-1))
+        return torch.cat(out).to(delta.dtype)
+
+    def sample(self, n: int, scale: Scale, delta: Tensor, generator: torch.Generator | None) -> Tensor:
+        size = sum(b["size"] for b in self._blocks())
+        z = torch.randn(size, n, generator=generator, dtype=torch.float64, device=delta.device)
+        return self._spectral(z, scale, delta, -0.5).T.to(delta.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        keep = ("name", "factors", "coef", "offset", "size")
+        return {"blocks": [{k: b[k] for k in keep} for b in self._blocks()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        blocks = [{"name": b["name"], "factors": [f.to(torch.float64) for f in b["factors"]],
+                   "coef": float(b["coef"])} for b in state["blocks"]]
+        self._set(blocks, tuple(b["offset"] for b in state["blocks"]),
+                  tuple(b["size"] for b in state["blocks"]))

@@ -1,0 +1,77 @@
+"""Predictive distributions of a Laplace posterior.
+
+*GLM* (linearised) predictive: ``f(x; θ) ≈ f(x; θ̂) + J_x (θ − θ̂)`` gives
+``f(x) ~ N(f(x; θ̂), J_x Σ J_xᵀ)`` — exact moments of the linearised model, pushed
+through a link for classification (:mod:`.links`: probit, Laplace bridge, Monte Carlo).
+*NN* (sampled-weights) predictive: evaluate the network at posterior weight samples.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .functional import ModelFunction
+from .likelihoods import BernoulliLikelihood, CategoricalLikelihood, Likelihood
+from .links import laplace_bridge_predictive, mc_predictive, probit_binary, probit_multiclass
+
+__all__ = ["glm_moments", "classification_probabilities", "sampled_outputs", "LINKS"]
+
+LINKS = ("probit", "bridge", "mc")
+
+#: Elements of per-example Jacobians (chunk × n_out × P) held at once.
+JACOBIAN_BUDGET = 2**24
+
+
+def glm_moments(fn: ModelFunction, theta: Tensor, inputs: Tensor,
+                covariance_matmul: Callable[[Tensor], Tensor], diagonal: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean ``(B, *out)`` and covariance ``(B, n_out, n_out)`` (or variances ``(B, n_out)``) of ``f(x)``.
+
+    Args:
+        fn: model function; theta: ``θ̂ (P,)``; inputs: prepared inputs ``(B, ...)``;
+        covariance_matmul: ``V (P, k) -> Σ V``;
+        diagonal: return only the output variances.
+    """
+    with torch.no_grad():
+        mean = fn(theta, inputs)
+    n_out, n = mean[0].numel(), theta.numel()
+    chunk = max(1, JACOBIAN_BUDGET // max(1, n_out * n))
+    parts = []
+    for start in range(0, inputs.shape[0], chunk):
+        jac = fn.jacobian(theta, inputs[start:start + chunk]).detach()  # (b, n_out, P)
+        b = jac.shape[0]
+        sj = covariance_matmul(jac.reshape(-1, n).T).T.reshape(b, n_out, n)
+        parts.append((jac * sj).sum(-1) if diagonal else jac @ sj.mT)
+    return mean, torch.cat(parts)
+
+
+def classification_probabilities(likelihood: Likelihood, f_mean: Tensor, f_cov: Tensor, link: str,
+                                 n_samples: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+    """Predictive class probabilities from a Gaussian belief over the logits.
+
+    Categorical: ``(B, C)``; Bernoulli: ``P(y = 1)`` with the shape of the logits.
+    ``f_cov`` is ``(B, C, C)`` or variances ``(B, C)``.
+    """
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+    if isinstance(likelihood, CategoricalLikelihood):
+        if link == "probit":
+            return probit_multiclass(f_mean, f_cov)
+        if link == "bridge":
+            return laplace_bridge_predictive(f_mean, f_cov)
+        return mc_predictive(f_mean, f_cov, "softmax", n_samples, generator)
+    if isinstance(likelihood, BernoulliLikelihood):
+        var = f_cov.reshape(f_mean.shape)
+        if link == "probit":
+            return probit_binary(f_mean, var)
+        if link == "bridge":
+            raise ValueError("link='bridge' needs a categorical likelihood; use 'probit' or 'mc' for binary")
+        return mc_predictive(f_mean, var, "sigmoid", n_samples, generator)
+    raise ValueError(f"class probabilities need a classification likelihood, got {likelihood!r}")
+
+
+def sampled_outputs(fn: ModelFunction, theta_samples: Tensor, inputs: Tensor) -> Tensor:
+    """Network outputs at weight samples ``(S, P)`` -> ``(S, B, *out)``."""
+    with torch.no_grad():
+        return torch.stack([fn(t, inputs) for t in theta_samples])
