@@ -61,6 +61,19 @@ def test_uncertainty_panels_without_ground_truth_and_explicit_ranges(case):
     assert clims["MCDO: reconstruction"] == (-1.0, 2.0)
 
 
+def test_uncertainty_panels_methods_without_std(case):
+    gt, preds = case
+    recon = preds["lin-DIP"][0]
+    # no method has a std: reconstruction | |error| only
+    fig = plot_uncertainty_panels({"DIP": (recon, None)}, gt, fbp=gt)
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.images)
+    assert titles == ["DIP: reconstruction", "DIP: |error|", "FBP", "ground truth"]
+    # mixed: the std panel of the method without one stays empty
+    fig = plot_uncertainty_panels({"DIP": (recon, None), "lin-DIP": preds["lin-DIP"]}, gt)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert "lin-DIP: std" in titles and "DIP: std" not in titles and len(titles) == 6
+
+
 def test_curves(case, tmp_path):
     gt, preds = case
     preds = _as_2d(preds, gt)

@@ -37,7 +37,8 @@ def plot_uncertainty_panels(
     """One row per method: reconstruction | std | |error| (the last only with ``ground_truth``).
 
     ``predictions`` maps a method name to ``(recon, std)``, each ``(H, W)`` or
-    ``(1, 1, H, W)``. With ``ground_truth`` or ``fbp`` a first row shows them. Every
+    ``(1, 1, H, W)``; ``std=None`` (a method without uncertainty) leaves its std panel
+    empty, and the std column is dropped when no method has one. With ``ground_truth`` or ``fbp`` a first row shows them. Every
     column uses one colour range for all methods: ``image_range`` (default: min/max of
     the ground truth, else of all reconstructions), ``std_range`` and ``error_range``
     (default: 0 to the max over methods). Each panel has a colour bar labelled with
@@ -52,6 +53,8 @@ def plot_uncertainty_panels(
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"predictions[{method!r}] must be a pair (recon, std)")
         recons[method] = as_image(pair[0], f"predictions[{method!r}] recon")
+        if pair[1] is None:
+            continue
         stds[method] = as_image(pair[1], f"predictions[{method!r}] std")
         if stds[method].shape != recons[method].shape or np.any(stds[method] < 0):
             raise ValueError(f"predictions[{method!r}] std must be non-negative with the "
@@ -66,11 +69,12 @@ def plot_uncertainty_panels(
 
     errors = {} if gt is None else {m: np.abs(r - gt) for m, r in recons.items()}
     image_range = image_range or span([gt] if gt is not None else list(recons.values()))
-    std_range = std_range or span(list(stds.values()), lower_zero=True)
+    if stds:
+        std_range = std_range or span(list(stds.values()), lower_zero=True)
     if errors:
         error_range = error_range or span(list(errors.values()), lower_zero=True)
 
-    n_cols = 3 if errors else 2
+    n_cols = 1 + bool(stds) + bool(errors)
     n_rows = len(predictions) + (1 if references else 0)
     fig = new_figure(panel_size * n_cols * 1.25, panel_size * n_rows)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -83,11 +87,14 @@ def plot_uncertainty_panels(
     for row, method in zip(axes[1 if references else 0:], predictions):
         image_panel(fig, row[0], recons[method], image_range, "gray", value_cbar,
                     f"{method}: reconstruction")
-        image_panel(fig, row[1], stds[method], std_range, "viridis", f"std [{units}]",
-                    f"{method}: std")
+        if method in stds:
+            image_panel(fig, row[1], stds[method], std_range, "viridis", f"std [{units}]",
+                        f"{method}: std")
+        elif stds:
+            fig.delaxes(row[1])
         if errors:
-            image_panel(fig, row[2], errors[method], error_range, "magma", f"|error| [{units}]",
-                        f"{method}: |error|")
+            image_panel(fig, row[-1], errors[method], error_range, "magma",
+                        f"|error| [{units}]", f"{method}: |error|")
     return maybe_save(fig, save_path)
 
 
