@@ -1,6 +1,7 @@
 """Composable operators equal the dense matrices they describe; adapters to/from linear_operator."""
 from __future__ import annotations
 
+import linear_operator
 import pytest
 import torch
 from linear_operator.operators import DenseLinearOperator
@@ -85,6 +86,15 @@ def test_linear_operator_adapter_round_trip():
     sq = (op.T @ op).to_linear_operator()
     torch.testing.assert_close(sq.diagonal(), (a.T @ a).diagonal())
     assert as_operator(lo) is op
+
+    # iterative solves use our PCG with the adapter's tolerance, not linear_cg's defaults
+    k = a.T @ a + 0.1 * torch.eye(5, dtype=F64)
+    lo_k = DenseOperator(k).to_linear_operator(cg_tol=1e-11)
+    with linear_operator.settings.max_cholesky_size(0):
+        torch.testing.assert_close(lo_k.solve(v), torch.linalg.solve(k, v))
+        torch.testing.assert_close(lo_k.solve(batched), torch.linalg.solve(k, batched))
+        with pytest.warns(RuntimeWarning, match="did not converge"):
+            DenseOperator(k).to_linear_operator(cg_tol=1e-11, cg_max_iter=1).solve(v)
 
     # linear_operator objects become operators, differentiable through their representation
     m = _randn(5, 5, seed=5).requires_grad_(True)

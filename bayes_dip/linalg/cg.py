@@ -52,7 +52,8 @@ def pcg(matmul: Callable[[Tensor], Tensor] | Tensor, rhs: Tensor, precond: objec
         tol: relative residual ``‖b − K x‖ / ‖b‖`` every column must reach (> 0).
         max_iter: iteration cap; ``None`` means ``10 n`` (scipy's convention).
         x0: initial guess shaped like ``rhs``.
-        callback: called as ``callback(iteration, X, rel_residuals)`` after each iteration.
+        callback: called as ``callback(iteration, X, rel_residuals)`` after each iteration
+            (recursive relative residuals ``(k,)``).
         record_history: keep the recursive relative residuals of every iteration.
 
     Returns:

@@ -12,6 +12,8 @@ Scales and shifts may be tensors that require grad: products stay differentiable
 """
 from __future__ import annotations
 
+import warnings
+from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
 import torch
@@ -27,15 +29,16 @@ __all__ = [
 ]
 
 
-class Operator:
+class Operator(ABC):
     """Abstract linear map of shape ``(m, n)``; subclasses implement ``_matmul`` (and ``_rmatmul``)."""
 
     shape: tuple[int, int]
     dtype: torch.dtype
     device: torch.device
 
-    def _matmul(self, v: Tensor) -> Tensor:  # (n, k) -> (m, k)
-        raise NotImplementedError
+    @abstractmethod
+    def _matmul(self, v: Tensor) -> Tensor:
+        """``(n, k) -> (m, k)`` on a validated block."""
 
     def _rmatmul(self, u: Tensor) -> Tensor:  # (m, k) -> (n, k)
         raise TypeError(f"{type(self).__name__} has no transpose product: give it an rmatmul")
@@ -113,9 +116,10 @@ class Operator:
                                dtype=self.dtype, device=self.device)
         return hutchinson_diagonal(self, probes, batch_size=batch_size)
 
-    def to_linear_operator(self) -> "LinearOperatorAdapter":
-        """This operator as a ``linear_operator.LinearOperator`` (gradients flow to the rhs only)."""
-        return LinearOperatorAdapter(self)
+    def to_linear_operator(self, *, cg_tol: float = 1e-6,
+                           cg_max_iter: int | None = None) -> "LinearOperatorAdapter":
+        """This operator as a ``linear_operator.LinearOperator`` (see :class:`LinearOperatorAdapter`)."""
+        return LinearOperatorAdapter(self, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
 
     def _require_square(self, what: str) -> None:
         if self.shape[0] != self.shape[1]:
@@ -315,16 +319,39 @@ class LinearOperatorAdapter(LinearOperator):
     """A :class:`Operator` seen as a ``linear_operator.LinearOperator``.
 
     Supports ``matmul`` (also batched right-hand sides ``(*batch, n, k)``), ``mT``,
-    ``to_dense``, ``diagonal`` and everything ``linear_operator`` builds on them. The
-    wrapped operator is not part of the ``linear_operator`` representation, so autograd
-    through ``linear_operator`` reaches the right-hand side only.
+    ``to_dense``, ``diagonal`` and everything ``linear_operator`` builds on them. Its
+    iterative solves (``solve`` above ``settings.max_cholesky_size``) run our
+    :func:`~bayes_dip.linalg.pcg` with ``cg_tol`` / ``cg_max_iter`` instead of
+    ``linear_cg``'s loose defaults, and warn when not converged. The wrapped operator is not
+    part of the ``linear_operator`` representation, so autograd through ``linear_operator``
+    reaches the right-hand side only.
     """
 
-    def __init__(self, operator: Operator):
+    def __init__(self, operator: Operator, *, cg_tol: float = 1e-6, cg_max_iter: int | None = None):
         if not isinstance(operator, Operator):
             raise TypeError(f"operator must be an Operator, got {type(operator).__name__}")
-        super().__init__(operator=operator)
+        super().__init__(operator=operator, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
         self.operator = operator
+        self.cg_tol, self.cg_max_iter = cg_tol, cg_max_iter
+
+    def _solve(self, rhs: Tensor, preconditioner: Callable[[Tensor], Tensor] | None = None,
+               num_tridiag: int | None = 0) -> Tensor:
+        from .cg import pcg
+
+        if num_tridiag:
+            raise NotImplementedError("Lanczos log-dets through linear_operator are not supported: "
+                                      "use bayes_dip.linalg.slq_logdet")
+        if rhs.dim() > 2:
+            n, k = rhs.shape[-2:]
+            sol = self._solve(rhs.movedim(-2, 0).reshape(n, -1), preconditioner)
+            return sol.reshape(n, *rhs.shape[:-2], k).movedim(0, -2)
+        x, info = pcg(self.operator, rhs, precond=preconditioner, tol=self.cg_tol,
+                      max_iter=self.cg_max_iter)
+        if not info.converged:
+            warnings.warn(f"pcg did not converge in {info.iterations} iterations: max relative "
+                          f"residual {float(info.residual_norms.max()):.2e} > {self.cg_tol:g}",
+                          RuntimeWarning, stacklevel=2)
+        return x
 
     def _matmul(self, rhs: Tensor) -> Tensor:
         if rhs.dim() <= 2:
@@ -339,7 +366,7 @@ class LinearOperatorAdapter(LinearOperator):
         return torch.Size(self.operator.shape)
 
     def _transpose_nonbatch(self) -> "LinearOperatorAdapter":
-        return LinearOperatorAdapter(self.operator.T)
+        return LinearOperatorAdapter(self.operator.T, cg_tol=self.cg_tol, cg_max_iter=self.cg_max_iter)
 
     def _diagonal(self) -> Tensor:
         return self.operator.diagonal()

@@ -15,6 +15,7 @@ Woodbury in ``O(n r)`` per column: :class:`LowRankPreconditioner` and its constr
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, NamedTuple
 
 import torch
@@ -30,27 +31,32 @@ __all__ = [
 ]
 
 
-class Preconditioner:
+class Preconditioner(ABC):
     """Base class: an SPD ``P`` of shape ``(n, n)``; see the module docstring for the methods."""
 
     shape: tuple[int, int]
     dtype: torch.dtype
     device: torch.device
 
+    @abstractmethod
     def solve(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``P⁻¹ v`` for ``v (n, k)``."""
 
+    @abstractmethod
     def matmul(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``P v``."""
 
+    @abstractmethod
     def inv_sqrt_apply(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``P^{-1/2} v`` (symmetric root)."""
 
+    @abstractmethod
     def sqrt_apply(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``P^{1/2} v`` (symmetric root)."""
 
+    @abstractmethod
     def logdet(self) -> Tensor:
-        raise NotImplementedError
+        """``log |P|`` in float64."""
 
     def sample_probes(self, num: int, generator: torch.Generator | None = None) -> Tensor:
         """``(n, num)`` Gaussian probes with covariance ``P``: ``P^{1/2} ε``, ``ε ~ N(0, I)``."""
