@@ -207,6 +207,12 @@ def test_bad_constructor_arguments():
         RayTransform((24, 20))
     with pytest.raises(ValueError, match="use_cuda"):
         RayTransform(geom, "matrix", use_cuda=True)
+    with pytest.raises(ValueError, match="odl_op"):
+        RayTransform(geom, "matrix", odl_op=object())
+    with pytest.raises(ValueError, match="angles must be strictly increasing for ODL"):
+        RayTransform(ParallelBeamGeometry((8, 8), angles=[1.0, 0.5]), "odl")
+    with pytest.raises(ValueError, match="projector"):
+        RayTransform(geom, "odl", projector="strip")
 
 
 @pytest.mark.parametrize("projector", ["strip", "line"])
@@ -217,3 +223,35 @@ def test_other_projectors_are_matched(projector):
     y = _rand((1, 1, *geom.obs_shape), torch.float64, 17)
     assert abs((rt.A(x) * y).sum() - (x * rt.A_adjoint(y)).sum()) < 1e-10 * (rt.A(x) * y).sum()
     assert (rt_free.A(x) - rt.A(x)).abs().max() < 1e-5 * rt.A(x).abs().max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_copies_are_independent(backend):
+    """deepcopy/pickle work and never share astra objects (deleting a copy keeps the original)."""
+    import copy
+    import pickle
+    rt = RayTransform(GEOMETRIES["parallel"], backend)
+    x = _rand((1, 1, *rt.im_shape), torch.float32, 18)
+    ref = rt.A(x)
+    for clone in (copy.deepcopy, lambda r: pickle.loads(pickle.dumps(r))):
+        other = clone(rt)
+        torch.testing.assert_close(other.A(x), ref)
+        del other
+        torch.testing.assert_close(rt.A(x), ref)
+
+
+@pytest.mark.parametrize("backend", ["matrix", "astra"])
+def test_column_block_matmul(ray_trafos, backend):
+    """matmul / rmatmul act on (pixels, k) / (measurements, k) blocks like the dense matrix."""
+    rt = ray_trafos["fan", backend]
+    dense = rt.matrix().to_dense()
+    assert rt.shape == tuple(dense.shape)
+    v = _rand((dense.shape[1], 3), torch.float64, 19)
+    u = _rand((dense.shape[0], 3), torch.float64, 20)
+    tol = dict(rtol=1e-5, atol=1e-5 * dense.abs().max().item())
+    torch.testing.assert_close(rt.matmul(v), dense @ v, **tol)
+    torch.testing.assert_close(rt.rmatmul(u), dense.T @ u, **tol)
+    with pytest.raises(ValueError, match="v must be a tensor of shape"):
+        rt.matmul(v[:-1])
+    with pytest.raises(ValueError, match="u must be a tensor of shape"):
+        rt.rmatmul(u.flatten())

@@ -101,6 +101,10 @@ class AstraProjector:
         self._fp_id = self._algorithm("FP" + suffix, "VolumeDataId", "ProjectionDataId")
         self._bp_id = self._algorithm("BP" + suffix, "ReconstructionDataId", "ProjectionDataId")
 
+    def __reduce__(self):
+        # astra object ids must never be shared: copies and pickles rebuild their own
+        return (type(self), (self.geometry, None if self.use_cuda else self.projector, self.use_cuda))
+
     def _algorithm(self, kind: str, vol_key: str, sino_key: str) -> int:
         cfg = astra.astra_dict(kind)
         cfg["ProjectorId"] = self._pid

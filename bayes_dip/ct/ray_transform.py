@@ -53,6 +53,10 @@ class _MatrixBackend:
         self._scipy_transpose = None
         self._cache: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}
 
+    def __getstate__(self) -> dict:
+        # torch sparse CSR tensors cannot be deep-copied; copies rebuild them lazily
+        return {**self.__dict__, "_cache": {}}
+
     def csr(self, dtype: torch.dtype, device: torch.device, transpose: bool) -> Tensor:
         key = (dtype, device, transpose)
         if key not in self._cache:
@@ -192,6 +196,25 @@ class RayTransform(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.A(x)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_angles * n_det, H * W)``: the operator as a matrix."""
+        return (self.obs_shape[0] * self.obs_shape[1], self.im_shape[0] * self.im_shape[1])
+
+    def matmul(self, v: Tensor) -> Tensor:
+        """``A V`` on column blocks: ``(H * W, k) -> (n_angles * n_det, k)`` (row-major pixels)."""
+        if not isinstance(v, Tensor) or v.ndim != 2 or v.shape[0] != self.shape[1]:
+            raise ValueError(f"v must be a tensor of shape ({self.shape[1]}, k), got "
+                             f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+        return self.A(v.T.reshape(-1, 1, *self.im_shape)).reshape(v.shape[1], -1).T
+
+    def rmatmul(self, u: Tensor) -> Tensor:
+        """``Aᵀ U`` on column blocks: ``(n_angles * n_det, k) -> (H * W, k)``."""
+        if not isinstance(u, Tensor) or u.ndim != 2 or u.shape[0] != self.shape[0]:
+            raise ValueError(f"u must be a tensor of shape ({self.shape[0]}, k), got "
+                             f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
+        return self.A_adjoint(u.T.reshape(-1, 1, *self.obs_shape)).reshape(u.shape[1], -1).T
 
     def matrix(self) -> Tensor:
         """The operator as a float64 torch sparse CSR ``(n_angles * n_det, H * W)`` on CPU.
