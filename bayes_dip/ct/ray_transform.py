@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from bayes_dip.ct.astra_backend import (AstraProjector, check_projector, cuda_available,
                                           default_projector, system_matrix)
 from bayes_dip.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
-from bayes_dip.ct.odl_backend import OdlProjector, geometry_from_odl, odl_ray_transform
 from bayes_dip.ct.validation import check_batch, check_finite
 
 __all__ = ["RayTransform", "BACKENDS"]
@@ -127,7 +126,8 @@ class RayTransform(nn.Module):
             ``"line"``; fan ``"line_fanflat"`` (default), ``"strip_fanflat"``. All are matched
             pairs. Used by ``"matrix"``, ``"astra"`` and :meth:`matrix`; ODL picks its own.
         use_cuda: ``"astra"`` backend only: use astra's CUDA projectors (default: when astra
-            reports a GPU). CUDA back-projection is only approximately the transpose.
+            reports a GPU and no ``projector`` is named). CUDA back-projection is only
+            approximately the transpose (not verified on a GPU in this project yet).
         odl_op: ``"odl"`` backend only: an existing ODL ``RayTransform`` to wrap; its geometry
             must equal ``geometry`` (use :meth:`from_odl` to derive the geometry).
         check_finite: raise ``ValueError`` on NaN/inf inputs (one device sync per call).
@@ -156,15 +156,19 @@ class RayTransform(nn.Module):
         self.projector = check_projector(geometry, projector)
         self.check_finite = bool(check_finite)
         self._matrix_backend: _MatrixBackend | None = None
+        self._backend: _MatrixBackend | _NumpyBackend
         if backend == "matrix":
             self._matrix_backend = _MatrixBackend(geometry, self.projector)
-            self._backend: _MatrixBackend | _NumpyBackend = self._matrix_backend
+            self._backend = self._matrix_backend
         elif backend == "astra":
-            cuda = cuda_available() if use_cuda is None else bool(use_cuda)
+            cuda = (projector is None and cuda_available()) if use_cuda is None else bool(use_cuda)
             if cuda and not cuda_available():
                 raise ValueError("use_cuda=True but astra reports no usable GPU")
+            if cuda and projector is not None:
+                raise ValueError("projector names a CPU projector; astra's CUDA path has its own")
             self._backend = _NumpyBackend(AstraProjector(geometry, self.projector, use_cuda=cuda))
         else:
+            from bayes_dip.ct.odl_backend import OdlProjector, geometry_from_odl, odl_ray_transform
             if odl_op is None:
                 odl_op = odl_ray_transform(geometry)
             elif not geometry_from_odl(odl_op).isclose(geometry):
@@ -174,6 +178,7 @@ class RayTransform(nn.Module):
     @classmethod
     def from_odl(cls, odl_op: Any, check_finite: bool = True) -> "RayTransform":
         """Wrap an ODL 2D ``RayTransform`` (parallel beam or flat fan beam) as backend ``"odl"``."""
+        from bayes_dip.ct.odl_backend import geometry_from_odl  # ODL is imported only when used
         return cls(geometry_from_odl(odl_op), backend="odl", odl_op=odl_op, check_finite=check_finite)
 
     @property
