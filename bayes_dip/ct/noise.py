@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,14 +17,17 @@ NOISE_MODELS = ("gaussian", "poisson")
 
 
 def _image_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return [seed + b for b in range(batch)]
-    if not isinstance(seed, Sequence):
+    def is_int(s: object) -> bool:
+        return isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+
+    if is_int(seed):
+        return [int(seed) + b for b in range(batch)]
+    if not isinstance(seed, (Sequence, np.ndarray)):
         raise TypeError(f"seed must be an int or a sequence of ints, got {seed!r}")
     seeds = list(seed)
-    if len(seeds) != batch or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if len(seeds) != batch or not all(is_int(s) for s in seeds):
         raise ValueError(f"seed must be an int or {batch} ints (one per image), got {seed!r}")
-    return seeds
+    return [int(s) for s in seeds]
 
 
 def simulate_measurement(x: Tensor, ray_trafo: RayTransform, noise_level: float = 0.05,
