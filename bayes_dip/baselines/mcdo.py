@@ -1,0 +1,381 @@
+"""DIP-MCDO baseline: MC dropout in the deep image prior (Laves et al. 2020 style).
+
+The U-Net gets channel dropout (``Dropout2d``, p = 0.05) after every 3×3 convolution
+(``unet_preset(..., dropout_p=p)``), is trained by :func:`~bayes_dip.dip.reconstruct_dip`
+*without* TV (``gamma = 0``) with dropout active, and keeps dropout active at test time.
+The predictive is the Gaussian fitted to many stochastic forward passes: sample mean,
+pixel variances and, streamed in float64 batches, the full covariance (small images) or
+the covariances of image patches (large images; the patches of
+:func:`bayes_dip.metrics.image_patches`). Its fields feed the metrics directly:
+``log_likelihood_diagonal(p.mean, p.std, gt)``, ``log_likelihood_full(p.mean, p.covariance,
+gt)``, ``log_likelihood_patchwise(p.mean, gt, k, covariances=p.patch_covariances[k])``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
+from bayes_dip.metrics import (LogLikelihood, log_likelihood_diagonal, log_likelihood_full,
+                               log_likelihood_patchwise)
+
+from ._moments import PatchCovariances, PatchGrouping, StreamingMoments
+
+__all__ = ["DEFAULT_DROPOUT_P", "DEFAULT_NUM_SAMPLES", "SamplePredictive", "fit_mcdo",
+           "mcdo_predictive", "SampleCountStability", "sample_count_stability"]
+
+DEFAULT_DROPOUT_P = 0.05
+"""Channel-dropout rate of the paper's DIP-MCDO baseline."""
+
+DEFAULT_NUM_SAMPLES = 16_384
+"""MC samples of :func:`mcdo_predictive` (the paper's count). On KMNIST test image 0
+(20 angles, 5 % noise) the full-covariance test log-likelihood moves by less than 0.01
+per pixel from 4,096 samples on; see :func:`sample_count_stability` and the report in
+``bayes_dip/baselines/__init__.py``."""
+
+_FULL_COVARIANCE_MAX_PIXELS = 4096  # dense covariance up to 64² (128 MiB in float64)
+_SAMPLE_ELEMENTS_PER_BATCH = 2**18  # default batch: about 256 samples of 32², 16 of 128²
+
+
+@dataclass
+class SamplePredictive:
+    """Gaussian fitted to predictive samples of one image (all statistics float64).
+
+    Attributes:
+        mean: ``(1, 1, H, W)`` sample mean.
+        std: ``(1, 1, H, W)`` square root of the unbiased sample variance + ``added_variance``.
+        covariance: ``(H·W, H·W)`` unbiased sample covariance + ``added_variance · I``
+            over the row-major pixels, or ``None`` when not computed.
+        patch_covariances: patch size ``p`` -> covariances of the patches of
+            :func:`bayes_dip.metrics.image_patches` (same ``added_variance``): a tensor
+            ``(n_patches, p², p²)`` when ``p`` divides ``H`` and ``W``, else a list.
+        num_samples: number of samples ``S``.
+        added_variance: variance added to every pixel (e.g. an image-noise term; 0: none).
+        samples: ``(S, 1, H, W)`` in the network's dtype when kept, else ``None``.
+        seconds: wall time of sampling and accumulation.
+    """
+
+    mean: Tensor
+    std: Tensor
+    covariance: Tensor | None
+    patch_covariances: dict[int, PatchCovariances] = field(default_factory=dict)
+    num_samples: int = 0
+    added_variance: float = 0.0
+    samples: Tensor | None = None
+    seconds: float = 0.0
+
+    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None,
+                       ) -> LogLikelihood:
+        """Test log-likelihood per pixel of ``ground_truth`` ``(1, 1, H, W)``.
+
+        ``patch_size``: ``None`` for the full covariance, 1 for the diagonal, ``p > 1`` for
+        the stored patch covariances of size ``p``.
+        """
+        if not bool((self.std > 0).all()):
+            raise ValueError(f"{int((self.std <= 0).sum())} pixels have zero predictive variance "
+                             "(e.g. saturated sigmoid outputs); pass added_variance > 0 to "
+                             "mcdo_predictive, e.g. the image-noise term σ_y² · "
+                             "pseudo_inverse_diag_mean(ray_trafo)")
+        if patch_size is None:
+            if self.covariance is None:
+                raise ValueError("covariance was not computed; pass full_covariance=True to "
+                                 "mcdo_predictive or choose a patch_size")
+            return log_likelihood_full(self.mean, self.covariance, ground_truth)
+        if patch_size == 1:
+            return LogLikelihood(log_likelihood_diagonal(self.mean, self.std,
+                                                         _as_like(ground_truth, self.mean)), 0.0)
+        if patch_size not in self.patch_covariances:
+            raise ValueError(f"patch_size {patch_size!r} has no stored patch covariances; "
+                             f"available: None (full), 1, {sorted(self.patch_covariances)}")
+        return log_likelihood_patchwise(self.mean, ground_truth, patch_size,
+                                        covariances=self.patch_covariances[patch_size])
+
+
+def _as_like(x: Tensor, like: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"ground_truth must be a torch.Tensor, got {type(x).__name__}")
+    if x.shape != like.shape:
+        raise ValueError(f"ground_truth must have shape {tuple(like.shape)}, got {tuple(x.shape)}")
+    return x.to(like)
+
+
+def fit_mcdo(ray_trafo: nn.Module, y: Tensor, *, dropout_p: float | None = None,
+             config: DIPConfig | None = None, net: nn.Module | None = None,
+             net_input: Tensor | None = None, ground_truth: Tensor | None = None,
+             checkpoint_dir=None, progress: bool = True) -> DIPResult:
+    """Train the DIP-MCDO network with :func:`~bayes_dip.dip.reconstruct_dip` (dropout on, no TV).
+
+    Args:
+        ray_trafo, y, net_input, ground_truth, checkpoint_dir, progress: as for
+            :func:`~bayes_dip.dip.reconstruct_dip`.
+        dropout_p: channel-dropout rate of the network built when ``net`` is ``None``
+            (default :data:`DEFAULT_DROPOUT_P`); with a given ``net``, if set, it must equal
+            the rate of every dropout layer in it.
+        config: :class:`~bayes_dip.dip.DIPConfig` with ``gamma == 0`` (the baseline is
+            trained without TV); default ``DIPConfig(gamma=0.0)``. Its ``seed`` seeds the
+            network initialisation and the training dropout masks.
+        net: a network with dropout layers (p > 0); default
+            ``unet_preset(config.unet, dropout_p=dropout_p)`` initialised from ``config.seed``
+            (preset ``"kmnist"`` up to 64 px, else ``"128"``, as in ``reconstruct_dip``).
+
+    Returns:
+        the :class:`~bayes_dip.dip.DIPResult`; ``result.net`` (best weights, eval mode) and
+        ``result.net_input`` go to :func:`mcdo_predictive`. ``result.recon`` is the
+        dropout-free output, not the MCDO mean.
+    """
+    config = DIPConfig(gamma=0.0) if config is None else config
+    if not isinstance(config, DIPConfig):
+        raise TypeError(f"config must be a DIPConfig, got {type(config).__name__}")
+    if config.gamma != 0:
+        raise ValueError(f"config.gamma must be 0: DIP-MCDO is trained without TV, "
+                         f"got {config.gamma!r}")
+    if dropout_p is not None and (isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float))
+                                  or not 0.0 < dropout_p < 1.0):
+        raise ValueError(f"dropout_p must be a number in (0, 1) or None, got {dropout_p!r}")
+    if net is None:
+        if not hasattr(ray_trafo, "im_shape"):
+            raise TypeError("ray_trafo must have .im_shape")
+        name = config.unet if config.unet is not None else (
+            "kmnist" if max(int(s) for s in ray_trafo.im_shape) <= 64 else "128")
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(config.seed)
+            net = unet_preset(name, dropout_p=DEFAULT_DROPOUT_P if dropout_p is None else dropout_p)
+    else:
+        rates = _dropout_rates(net)
+        if dropout_p is not None and any(r != dropout_p for r in rates):
+            raise ValueError(f"net has dropout rates {sorted(set(rates))}, not dropout_p={dropout_p}")
+    return reconstruct_dip(ray_trafo, y, net=net, net_input=net_input, config=config,
+                           ground_truth=ground_truth, checkpoint_dir=checkpoint_dir,
+                           progress=progress)
+
+
+def _dropout_rates(net: nn.Module) -> list[float]:
+    """Rates of the dropout layers of ``net``; ValueError if it has none with p > 0."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    rates = [float(m.p) for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if not any(r > 0 for r in rates):
+        raise ValueError("net has no dropout layer with p > 0; build it with "
+                         "unet_preset(..., dropout_p=0.05)")
+    return rates
+
+
+@contextlib.contextmanager
+def _mc_dropout_mode(net: nn.Module) -> Iterator[None]:
+    """Eval mode for every module except dropout layers (train mode); restores the modes."""
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        net.eval()
+        for m in net.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_net_input(net: nn.Module, net_input: Tensor) -> Tensor:
+    if not isinstance(net_input, Tensor) or not net_input.is_floating_point():
+        raise TypeError("net_input must be a floating-point torch.Tensor")
+    if net_input.ndim != 4 or net_input.shape[0] != 1:
+        raise ValueError(f"net_input must have shape (1, C, H, W), got {tuple(net_input.shape)}")
+    if not bool(torch.isfinite(net_input).all()):
+        raise ValueError("net_input contains NaN or inf values")
+    param = next(net.parameters(), None)
+    dtype = param.dtype if param is not None else net_input.dtype
+    return net_input.detach().to(dtype)
+
+
+def _check_added_variance(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"added_variance must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _mc_batches(net: nn.Module, net_input: Tensor, stops: Sequence[int], seed: int,
+                batch_size: int, progress: bool) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(count so far, samples (b, 1, H, W))`` with dropout active; batches end
+    exactly at each count in ``stops`` (sorted). Seeded from ``seed`` in a forked RNG."""
+    device = net_input.device
+    devices = [device] if device.type == "cuda" else []
+    total = stops[-1]
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), _mc_dropout_mode(net):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        count = 0
+        with tqdm(total=total, desc="MC dropout", disable=not progress, dynamic_ncols=True) as bar:
+            for stop in stops:
+                while count < stop:
+                    b = min(batch_size, stop - count)
+                    out = net(net_input.expand(b, *net_input.shape[1:]))
+                    count += b
+                    bar.update(b)
+                    yield count, out
+
+
+def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEFAULT_NUM_SAMPLES,
+                    seed: int = 0, batch_size: int | None = None,
+                    full_covariance: bool | None = None, patch_sizes: Sequence[int] = (),
+                    added_variance: float = 0.0, store_samples: bool = False,
+                    progress: bool = True) -> SamplePredictive:
+    """Gaussian predictive of MC dropout: moments of ``num_samples`` stochastic passes.
+
+    The network runs in eval mode with only its dropout layers active (its modes are
+    restored afterwards); ``net_input`` ``(1, C, H, W)`` is repeated ``batch_size`` times
+    per pass, each copy drawing its own channel masks. Moments accumulate in float64 on
+    ``net_input``'s device, so nothing of size ``S × H·W`` is kept unless ``store_samples``.
+
+    Args:
+        net: trained network with dropout layers (``fit_mcdo(...).net``).
+        net_input: ``(1, C, H, W)`` fixed input (``fit_mcdo(...).net_input``).
+        num_samples: ``S >= 2``; default :data:`DEFAULT_NUM_SAMPLES`.
+        seed: seeds the dropout masks (a forked RNG: global RNG state is untouched); the
+            samples depend on ``seed`` and ``batch_size``.
+        batch_size: passes per forward call; default ``2**18 // (H·W)`` (at least 1).
+        full_covariance: keep the dense ``(H·W, H·W)`` covariance; default: iff
+            ``H·W <= 4096``.
+        patch_sizes: patch sizes ``p >= 1`` whose patch covariances to keep (e.g. (2, 10)).
+        added_variance: ``>= 0`` added to every pixel variance (all covariances and ``std``).
+        store_samples: also return the samples ``(S, 1, H, W)``.
+        progress: tqdm bar.
+    """
+    _dropout_rates(net)
+    x_in = _check_net_input(net, net_input)
+    num_samples = _check_count(num_samples, "num_samples", 2)
+    seed = _check_count(seed, "seed", 0)
+    added_variance = _check_added_variance(added_variance)
+    im_shape = tuple(int(s) for s in x_in.shape[-2:])
+    n = im_shape[0] * im_shape[1]
+    batch_size = (max(1, _SAMPLE_ELEMENTS_PER_BATCH // n) if batch_size is None
+                  else _check_count(batch_size, "batch_size", 1))
+    if full_covariance is None:
+        full_covariance = n <= _FULL_COVARIANCE_MAX_PIXELS
+    elif not isinstance(full_covariance, bool):
+        raise TypeError(f"full_covariance must be a bool or None, got {full_covariance!r}")
+    if isinstance(patch_sizes, (int, str)):
+        raise TypeError(f"patch_sizes must be a sequence of ints, got {patch_sizes!r}")
+    sizes = sorted({_check_count(p, "patch_sizes entries", 1) for p in patch_sizes})
+
+    t0 = time.perf_counter()
+    moments = StreamingMoments(n, full_covariance, {p: PatchGrouping(im_shape, p) for p in sizes},
+                               x_in.device)
+    kept: list[Tensor] = []
+    for _, out in _mc_batches(net, x_in, [num_samples], seed, batch_size, progress):
+        _check_output(out, im_shape)
+        moments.update(out.reshape(out.shape[0], n))
+        if store_samples:
+            kept.append(out.detach().clone())
+    return _predictive(moments, im_shape, added_variance,
+                       torch.cat(kept) if store_samples else None, time.perf_counter() - t0)
+
+
+def _check_output(out: Tensor, im_shape: tuple[int, ...]) -> None:
+    if out.ndim != 4 or out.shape[1] != 1 or tuple(out.shape[-2:]) != im_shape:
+        raise ValueError(f"net must map net_input to (B, 1, {im_shape[0]}, {im_shape[1]}), "
+                         f"got {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("net produced NaN or inf values")
+
+
+def _predictive(moments: StreamingMoments, im_shape: tuple[int, ...], added_variance: float,
+                samples: Tensor | None, seconds: float) -> SamplePredictive:
+    shape = (1, 1, *im_shape)
+    return SamplePredictive(
+        mean=moments.mean.reshape(shape).clone(),
+        std=moments.variance(added_variance).sqrt().reshape(shape),
+        covariance=moments.covariance(added_variance),
+        patch_covariances=moments.patch_covariances(added_variance),
+        num_samples=moments.count, added_variance=added_variance, samples=samples,
+        seconds=seconds)
+
+
+class SampleCountStability(NamedTuple):
+    """Test log-likelihood per pixel after ``counts[j]`` samples, for each seed.
+
+    ``counts`` ``(K,)`` increasing; ``seeds`` ``(R,)``; ``log_likelihoods`` ``(R, K)``.
+    """
+
+    counts: np.ndarray
+    seeds: np.ndarray
+    log_likelihoods: np.ndarray
+
+    def spread(self) -> np.ndarray:
+        """``(K,)`` max − min over seeds at each count."""
+        return self.log_likelihoods.max(0) - self.log_likelihoods.min(0)
+
+    def drift(self) -> np.ndarray:
+        """``(K,)`` largest ``|LL(counts[j]) − LL(counts[-1])|`` over seeds."""
+        return np.abs(self.log_likelihoods - self.log_likelihoods[:, -1:]).max(0)
+
+    def stable_count(self, tol: float = 0.01) -> int | None:
+        """Smallest count from which on every larger count has spread and drift ``<= tol``
+        (``None`` if not even the largest count qualifies)."""
+        ok = (self.spread() <= tol) & (self.drift() <= tol)
+        stable = None
+        for j in range(len(self.counts) - 1, -1, -1):
+            if not ok[j]:
+                break
+            stable = int(self.counts[j])
+        return stable
+
+
+def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tensor, *,
+                           counts: Sequence[int] = (256, 1024, 4096, 16_384),
+                           seeds: Sequence[int] = (0, 1, 2), patch_size: int | None = None,
+                           added_variance: float = 0.0, batch_size: int | None = None,
+                           progress: bool = True) -> SampleCountStability:
+    """How the MCDO test log-likelihood settles with the number of samples.
+
+    For each seed one stream of ``max(counts)`` samples is drawn and the log-likelihood
+    (``patch_size``: ``None`` full covariance, 1 diagonal, ``p`` patchwise) is evaluated
+    whenever the stream reaches a count. A default sample count is adequate for a tolerance
+    ``tol`` when :meth:`SampleCountStability.stable_count` ``(tol)`` is at most it.
+    """
+    _dropout_rates(net)
+    x_in = _check_net_input(net, net_input)
+    im_shape = tuple(int(s) for s in x_in.shape[-2:])
+    if not isinstance(ground_truth, Tensor) or tuple(ground_truth.shape) != (1, 1, *im_shape):
+        raise ValueError(f"ground_truth must be a tensor of shape (1, 1, {im_shape[0]}, "
+                         f"{im_shape[1]}), got {tuple(getattr(ground_truth, 'shape', ()))}")
+    stops = sorted({_check_count(c, "counts entries", 2) for c in counts})
+    if isinstance(seeds, int) or len(seeds) == 0:
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    seed_list = [_check_count(s, "seeds entries", 0) for s in seeds]
+    added_variance = _check_added_variance(added_variance)
+    n = im_shape[0] * im_shape[1]
+    batch_size = (max(1, _SAMPLE_ELEMENTS_PER_BATCH // n) if batch_size is None
+                  else _check_count(batch_size, "batch_size", 1))
+    if patch_size is None:
+        full, patches = True, {}
+    else:
+        p = _check_count(patch_size, "patch_size", 1)
+        full, patches = False, ({p: PatchGrouping(im_shape, p)} if p > 1 else {})
+    lls = np.empty((len(seed_list), len(stops)))
+    for i, seed in enumerate(seed_list):
+        moments = StreamingMoments(n, full, patches, x_in.device)
+        j = 0
+        for count, out in _mc_batches(net, x_in, stops, seed, batch_size, progress):
+            _check_output(out, im_shape)
+            moments.update(out.reshape(out.shape[0], n))
+            if count == stops[j]:
+                pred = _predictive(moments, im_shape, added_variance, None, 0.0)
+                lls[i, j] = pred.log_likelihood(ground_truth, patch_size).per_pixel
+                j += 1
+    return SampleCountStability(np.array(stops), np.array(seed_list), lls)
