@@ -1,0 +1,35 @@
+"""Linearised deep image prior: a GP over images with kernel ``J Σ_θ Jᵀ`` (DESIGN.md §1).
+
+* :mod:`.jacobian` — ``J v`` / ``Jᵀ u`` of the U-Net w.r.t. the weights under the prior.
+* :mod:`.priors` — block-diagonal GP/Normal weight prior (optional g-prior).
+* :mod:`.covariance` — image and observation covariances: matrix-free and exact (structured).
+* :mod:`.model` — the linearised Gaussian model and its hyperparameters.
+* :mod:`.evidence` — type-II ML (exact / stochastic), checkpoint and resume.
+* :mod:`.predcp` — TV-PredCP hyperprior (exact / sampled).
+* :mod:`.predictive` — exact full-covariance predictive, Matheron samples.
+* :mod:`.api` — :class:`LinearizedDIP`, :func:`estimate_uncertainty`.
+"""
+from .api import LinearizedDIP, UncertaintyResult, estimate_uncertainty
+from .covariance import (ImageCovariance, ObservationCovariance, StructuredCovariance,
+                         joint_block_basis)
+from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, optimize_evidence
+from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint, gprior_scale
+from .model import LinearizedModel
+from .predcp import ExactTVPredCP, SampledTVPredCP, predcp_rate
+from .predictive import (ExactPredictive, SampledPredictive, exact_predictive,
+                         image_noise_variance, sample_predictive)
+from .priors import (KERNEL_JITTER, BlockLayout, WeightLayout, WeightPrior, distance_classes,
+                     gprior_layout, weight_layout)
+
+__all__ = [
+    "LinearizedDIP", "UncertaintyResult", "estimate_uncertainty",
+    "NetworkJacobian", "apply_ray_trafo", "apply_ray_trafo_adjoint", "gprior_scale",
+    "BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
+    "WeightPrior", "KERNEL_JITTER",
+    "ImageCovariance", "ObservationCovariance", "StructuredCovariance", "joint_block_basis",
+    "LinearizedModel",
+    "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
+    "ExactTVPredCP", "SampledTVPredCP", "predcp_rate",
+    "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
+    "image_noise_variance",
+]

@@ -1,0 +1,346 @@
+"""Covariances of the linearised model: image ``J Σ_θ Jᵀ`` and observation ``K_yy``.
+
+* :class:`ImageCovariance`, :class:`ObservationCovariance`: matrix-free products (one VJP and
+  one JVP per column), prior samples, a Nyström preconditioner for CG.
+* :class:`StructuredCovariance`: exact assembly for small images through the block-kernel
+  structure of DESIGN.md §7. Every GP block shares one ``m×m`` kernel
+  ``σ_d² K(ℓ_d) = σ_d² Σ_c κ_c(ℓ_d) D_c`` (distance classes ``D_c``), so
+  ``J Σ_θ Jᵀ = Σ_d σ_d² Σ_c κ_c(ℓ_d) M_{d,c}`` with fixed Gram matrices
+  ``M_{d,c} = Σ_filters J_f D_c J_fᵀ`` and ``K_yy = Σ w_t(h) N_t + σ_y² I``, ``N_t = A M_t Aᵀ``.
+  The Grams are built once from the dense Jacobian; one evidence evaluation then costs a
+  weighted sum of ``T`` matrices and one Cholesky factorisation.
+
+  Building the Grams uses a basis of the filter positions in which all ``D_c`` are jointly
+  block diagonal (for 3×3 filters the symmetry group of the square splits the 9 positions
+  into blocks of sizes 3, 1, 1, 2, 2), so each GP block needs 14 products ``J̃_i J̃_jᵀ``
+  instead of 45 (or one per class and position pair).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from bayes_dip.linalg import NystromPreconditioner
+
+from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
+from .priors import WeightPrior, distance_classes
+
+__all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance",
+           "joint_block_basis"]
+
+
+def _check_columns(v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    vector = v.dim() == 1
+    v2 = v.unsqueeze(1) if vector else v
+    if v2.dim() != 2 or v2.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
+    return v2, vector
+
+
+class ImageCovariance:
+    """``J Σ_θ Jᵀ`` (``n_pix × n_pix``), matrix-free; products in the Jacobian's dtype."""
+
+    def __init__(self, jac: NetworkJacobian, prior: WeightPrior):
+        if not isinstance(jac, NetworkJacobian):
+            raise TypeError(f"jac must be a NetworkJacobian, got {type(jac).__name__}")
+        if not isinstance(prior, WeightPrior):
+            raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
+        if prior.layout.params != jac.layout.params:
+            raise ValueError("prior and jac must cover the same weights in the same order")
+        self.jac, self.prior = jac, prior
+        self.shape = (jac.num_pixels, jac.num_pixels)
+        self.dtype, self.device = jac.dtype, jac.device
+
+    def matmul(self, v: Tensor) -> Tensor:
+        """``J Σ_θ Jᵀ V`` for ``V (n_pix, k)``."""
+        v, vector = _check_columns(v, self.shape[0], "v")
+        out = self.jac.jvp(self.prior.matmul(self.jac.vjp(v.to(self.dtype))))
+        return out.squeeze(1) if vector else out
+
+    __call__ = matmul
+
+    def sample(self, num: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n_pix, num)`` zero-mean draws ``J L ε`` from ``N(0, J Σ_θ Jᵀ)``."""
+        with torch.no_grad():
+            return self.jac.jvp(self.prior.sample(num, generator, dtype=self.dtype))
+
+
+class ObservationCovariance:
+    """``K_yy = A J Σ_θ Jᵀ Aᵀ + σ_y² I`` (``n_obs × n_obs``), matrix-free.
+
+    ``log_noise_variance`` is a scalar tensor read at every product (e.g. the parameter
+    being optimised).
+    """
+
+    def __init__(self, image_cov: ImageCovariance, ray_trafo, log_noise_variance: Tensor):
+        if not isinstance(image_cov, ImageCovariance):
+            raise TypeError(f"image_cov must be an ImageCovariance, got {type(image_cov).__name__}")
+        if tuple(ray_trafo.im_shape) != image_cov.jac.im_shape:
+            raise ValueError(f"ray_trafo.im_shape {tuple(ray_trafo.im_shape)} does not match the "
+                             f"network output {image_cov.jac.im_shape}")
+        if not isinstance(log_noise_variance, Tensor) or log_noise_variance.numel() != 1:
+            raise ValueError("log_noise_variance must be a scalar tensor")
+        self.image_cov, self.ray_trafo = image_cov, ray_trafo
+        self.log_noise_variance = log_noise_variance
+        n = math.prod(ray_trafo.obs_shape)
+        self.shape = (n, n)
+        self.dtype, self.device = image_cov.dtype, image_cov.device
+
+    @property
+    def noise_variance(self) -> Tensor:
+        return self.log_noise_variance.exp()
+
+    def matmul_noiseless(self, v: Tensor) -> Tensor:
+        """``A J Σ_θ Jᵀ Aᵀ V``."""
+        v, vector = _check_columns(v, self.shape[0], "v")
+        x = apply_ray_trafo_adjoint(self.ray_trafo, v.to(self.dtype))
+        out = apply_ray_trafo(self.ray_trafo, self.image_cov.matmul(x))
+        return out.squeeze(1) if vector else out
+
+    def matmul(self, v: Tensor) -> Tensor:
+        """``K_yy V`` for ``V (n_obs, k)``."""
+        v2, vector = _check_columns(v, self.shape[0], "v")
+        out = self.matmul_noiseless(v2) + self.noise_variance.to(self.dtype) * v2.to(self.dtype)
+        return out.squeeze(1) if vector else out
+
+    __call__ = matmul
+
+    def to_dense(self, batch_size: int = 64) -> Tensor:
+        """Brute-force ``K_yy (n_obs, n_obs)`` from ``n_obs`` products (small problems)."""
+        eye = torch.eye(self.shape[0], dtype=self.dtype, device=self.device)
+        return torch.cat([self.matmul(eye[:, i:i + batch_size])
+                          for i in range(0, self.shape[0], batch_size)], 1)
+
+    def preconditioner(self, rank: int, generator: torch.Generator | None = None,
+                       oversample: int = 10) -> NystromPreconditioner:
+        """Randomized Nyström ``P = U Λ Uᵀ + σ_y² I ≈ K_yy`` (``rank + oversample`` products)."""
+        with torch.no_grad():
+            return NystromPreconditioner(self.matmul_noiseless, self.shape[0], rank,
+                                         shift=float(self.noise_variance), generator=generator,
+                                         oversample=oversample, dtype=self.dtype, device=self.device)
+
+
+def joint_block_basis(mats: Tensor, tol: float = 1e-10) -> tuple[Tensor, list[list[int]]]:
+    """Orthogonal ``Q (m, m)`` and index groups such that every ``Qᵀ D Q`` (``D`` in ``mats (C, m, m)``,
+    symmetric) is block diagonal with blocks ``groups``.
+
+    The eigenspaces of a random symmetric matrix commuting with all ``D`` are invariant
+    under all of them; the commutant is the null space of ``X ↦ (XD − DX)_D``.
+    """
+    c, m, _ = mats.shape
+    mats = mats.to(torch.float64)
+    eye = torch.eye(m, dtype=torch.float64)
+    # row-major vec: vec(X D) = (I ⊗ Dᵀ) vec X, vec(D X) = (D ⊗ I) vec X
+    system = torch.cat([torch.kron(eye, d.mT.contiguous()) - torch.kron(d, eye) for d in mats])
+    evals, evecs = torch.linalg.eigh(system.mT @ system)  # null space of the system
+    null = evecs[:, evals <= tol * evals[-1].clamp_min(1.0)].mT
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(null.shape[0], generator=gen, dtype=torch.float64) @ null).reshape(m, m)
+    evals, evecs = torch.linalg.eigh(x + x.mT)
+    scale = evals.abs().max().clamp_min(1.0)
+    groups, start = [], 0
+    for i in range(1, m + 1):
+        if i == m or evals[i] - evals[i - 1] > 1e-6 * scale:
+            groups.append(list(range(start, i)))
+            start = i
+    inside = torch.zeros(m, m, dtype=torch.bool)
+    for g in groups:
+        inside[g[0]:g[-1] + 1, g[0]:g[-1] + 1] = True
+    rotated = evecs.mT @ mats @ evecs
+    off = rotated[:, ~inside]
+    if off.numel() and float(off.abs().max()) > 1e-8 * float(mats.abs().max()):
+        raise RuntimeError("joint_block_basis: failed to block-diagonalise the matrices")
+    return evecs, groups
+
+
+class _PackedGaussianNLL(torch.autograd.Function):
+    """``½ log|K| + ½ rᵀ K⁻¹ r`` with ``K = Σ_t w_t N_t + σ² I`` (lower-packed ``N``), float64."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, noise_var: Tensor, grams: Tensor, rows: Tensor,
+                cols: Tensor, n: int, residual: Tensor | None) -> Tensor:
+        k = torch.zeros(n, n, dtype=grams.dtype, device=grams.device)
+        k[rows, cols] = weights @ grams
+        k.diagonal().add_(noise_var)
+        chol, info = torch.linalg.cholesky_ex(k)
+        if int(info) != 0:
+            raise ValueError("K_yy is not positive definite (Cholesky failed at column "
+                             f"{int(info)}); the hyperparameters have diverged")
+        value = chol.diagonal().log().sum()
+        alpha = None
+        if residual is not None:
+            alpha = torch.cholesky_solve(residual.unsqueeze(1), chol).squeeze(1)
+            value = value + 0.5 * residual @ alpha
+        ctx.save_for_backward(grams, rows, cols, chol, alpha)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grams, rows, cols, chol, alpha = ctx.saved_tensors
+        g = 0.5 * torch.cholesky_inverse(chol)
+        if alpha is not None:
+            g = g - 0.5 * torch.outer(alpha, alpha)
+        packed = g[rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(g.dtype)
+        grad_w = grams @ packed * grad
+        grad_noise = g.diagonal().sum() * grad
+        return grad_w, grad_noise, None, None, None, None, None
+
+
+class StructuredCovariance:
+    """Exact ``J Σ_θ(h) Jᵀ`` and ``K_yy(h)`` from precomputed Grams (see module docs).
+
+    Build with :meth:`build`. ``terms[t] = (block index, class index)`` (class ``-1`` for
+    Normal blocks); ``image_grams (T, n_pix, n_pix)`` ``M_t``; the observation Grams
+    ``N_t = A M_t Aᵀ`` are kept lower-packed, ``(T, n_obs (n_obs + 1) / 2)``. All float64.
+    """
+
+    def __init__(self, terms: list[tuple[int, int]], image_grams: Tensor, obs_grams: Tensor,
+                 n_obs: int, im_shape: tuple[int, int], ray_trafo):
+        self.terms = terms
+        self.image_grams = image_grams
+        self.obs_grams = obs_grams
+        self.n_obs = n_obs
+        self.im_shape = im_shape
+        self.ray_trafo = ray_trafo
+        self._rows, self._cols = torch.tril_indices(n_obs, n_obs, device=obs_grams.device)
+
+    @classmethod
+    def build(cls, jac: NetworkJacobian, ray_trafo, prior: WeightPrior, *, batch_size: int = 64,
+              progress: bool = False) -> "StructuredCovariance":
+        """Grams from ``n_pix`` VJPs (the dense ``J`` in the Jacobian's dtype, held once) and
+        per GP block 14 (3×3 filters) products ``n_pix × F × n_pix`` in float64."""
+        ImageCovariance(jac, prior)  # validates jac/prior
+        if tuple(ray_trafo.im_shape) != jac.im_shape:
+            raise ValueError("ray_trafo.im_shape does not match the network output")
+        layout, n = prior.layout, jac.num_pixels
+        f64 = torch.float64
+        bufs: list[Tensor] = []
+        for block in layout.blocks:
+            if block.kind == "gp":
+                bufs.append(torch.empty(block.filter_numel, n, block.num_filters,
+                                        dtype=jac.dtype, device=jac.device))
+            else:
+                bufs.append(torch.empty(n, block.size, dtype=jac.dtype, device=jac.device))
+        eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
+        scale = None if prior.weight_scale is None else prior.weight_scale.to(jac.dtype).unsqueeze(1)
+        steps = range(0, n, batch_size)
+        for i in tqdm(steps, desc="Jacobian", disable=not progress, leave=False):
+            with torch.no_grad():
+                g = jac.vjp(eye[:, i:i + batch_size])
+            if scale is not None:
+                g = g * scale
+            c = g.shape[1]
+            for block, buf, part in zip(layout.blocks, bufs, layout.split(g)):
+                if block.kind == "gp":
+                    buf[:, i:i + c] = part.reshape(block.num_filters, block.filter_numel, c).permute(1, 2, 0)
+                else:
+                    buf[i:i + c] = part.mT
+        del eye
+        terms: list[tuple[int, int]] = []
+        grams: list[Tensor] = []
+        for d, (block, buf) in enumerate(zip(layout.blocks, bufs)):
+            bufs[d] = None  # type: ignore[call-overload]  # free as we go
+            if block.kind == "gp":
+                mats = distance_classes(block.kernel_size, f64, jac.device)[1]
+                basis, groups = joint_block_basis(mats.cpu())
+                coef = basis.mT @ mats.cpu() @ basis  # (C, m, m), block diagonal
+                coef = coef.to(jac.device)
+                rot = torch.zeros(buf.shape, dtype=f64, device=jac.device)
+                for p in range(buf.shape[0]):  # rot[i] = Σ_p Q[p, i] J_p, one position at a time
+                    jp = buf[p].to(f64)
+                    for i in range(buf.shape[0]):
+                        rot[i].add_(jp, alpha=float(basis[p, i]))
+                del buf, jp
+                gram = torch.zeros(mats.shape[0], n, n, dtype=f64, device=jac.device)
+                for group in groups:
+                    for a, i in enumerate(group):
+                        for j in group[a:]:
+                            prod = rot[i] @ rot[j].mT
+                            if i != j:
+                                prod = prod + prod.mT
+                            gram += coef[:, i, j, None, None] * prod
+                del rot
+                terms += [(d, c) for c in range(mats.shape[0])]
+                grams.append(gram)
+            else:
+                jd = buf.to(f64)
+                del buf
+                terms.append((d, -1))
+                grams.append((jd @ jd.mT).unsqueeze(0))
+        image_grams = torch.cat(grams)
+        del grams
+        n_obs = math.prod(ray_trafo.obs_shape)
+        rows, cols = torch.tril_indices(n_obs, n_obs, device=jac.device)
+        obs = torch.empty(len(terms), rows.numel(), dtype=f64, device=jac.device)
+        for t in range(len(terms)):
+            am = apply_ray_trafo(ray_trafo, image_grams[t])  # A M (M symmetric)
+            obs[t] = apply_ray_trafo(ray_trafo, am.mT)[rows, cols]  # A (A M)ᵀ = A M Aᵀ
+        return cls(terms, image_grams, obs, n_obs, jac.im_shape, ray_trafo)
+
+    def weights(self, prior: WeightPrior) -> Tensor:
+        """``w_t(h)`` ``(T,)``: ``σ_d² κ_c(ℓ_d)`` (GP) or ``σ_d²`` (Normal); differentiable."""
+        gp = {d: i for i, d in enumerate(prior.layout.gp_indices)}
+        var = prior.variances
+        parts, d_prev = [], None
+        for d, c in self.terms:
+            if d == d_prev:
+                continue
+            d_prev = d
+            if c < 0:
+                parts.append(var[d:d + 1])
+            else:
+                parts.append(var[d] * prior.class_weights(gp[d]))
+        w = torch.cat(parts)
+        if w.shape[0] != len(self.terms):
+            raise ValueError("prior does not match the structure this covariance was built for")
+        return w.to(self.obs_grams.dtype)
+
+    def image_covariance(self, prior: WeightPrior) -> Tensor:
+        """``J Σ_θ Jᵀ`` ``(n_pix, n_pix)``."""
+        return torch.einsum("t,tij->ij", self.weights(prior), self.image_grams)
+
+    def observation_covariance(self, prior: WeightPrior, noise_variance: Tensor | float) -> Tensor:
+        """``K_yy = A J Σ_θ Jᵀ Aᵀ + σ_y² I`` ``(n_obs, n_obs)`` (full symmetric)."""
+        packed = self.weights(prior) @ self.obs_grams
+        k = packed.new_zeros(self.n_obs, self.n_obs)
+        k = k.index_put((self._rows, self._cols), packed)
+        k = k + k.tril(-1).mT
+        return k + noise_variance * torch.eye(self.n_obs, dtype=k.dtype, device=k.device)
+
+    def cross_covariance(self, prior: WeightPrior) -> Tensor:
+        """``J Σ_θ Jᵀ Aᵀ`` ``(n_pix, n_obs)``."""
+        return apply_ray_trafo(self.ray_trafo, self.image_covariance(prior)).mT
+
+    def gaussian_nll(self, prior: WeightPrior, noise_variance: Tensor,
+                     residual: Tensor | None = None) -> Tensor:
+        """``½ log|K_yy| (+ ½ rᵀ K_yy⁻¹ r)``, differentiable in the hyperparameters (float64).
+
+        The gradient costs one inverse from the Cholesky factor and one pass over the Grams.
+        """
+        if residual is not None:
+            residual = residual.reshape(-1).to(self.obs_grams.dtype)
+            if residual.numel() != self.n_obs:
+                raise ValueError(f"residual must have {self.n_obs} entries, got {residual.numel()}")
+        nv = noise_variance.to(self.obs_grams.dtype).reshape(())
+        return _PackedGaussianNLL.apply(self.weights(prior), nv, self.obs_grams, self._rows,
+                                        self._cols, self.n_obs, residual)
+
+    def edge_variance_terms(self) -> Tensor:
+        """``q_t (T, n_edges)``: ``Var`` of each image difference (vertical then horizontal, as
+        in :func:`~bayes_dip.dip.tv_loss`) per unit weight of term ``t``: ``diag(∇ M_t ∇ᵀ)``."""
+        h, w = self.im_shape
+        idx = torch.arange(h * w, device=self.image_grams.device).reshape(h, w)
+        a = torch.cat([idx[1:, :].reshape(-1), idx[:, 1:].reshape(-1)])
+        b = torch.cat([idx[:-1, :].reshape(-1), idx[:, :-1].reshape(-1)])
+        diag = self.image_grams.diagonal(dim1=1, dim2=2)
+        return diag[:, a] + diag[:, b] - 2 * self.image_grams[:, a, b]
+
+    @property
+    def nbytes(self) -> int:
+        return (self.image_grams.numel() + self.obs_grams.numel()) * self.obs_grams.element_size()

@@ -1,0 +1,182 @@
+"""The Jacobian ``J = ∂f(θ)/∂θ`` of a network output w.r.t. the weights under the prior.
+
+``f(θ) = net(net_input)`` with the weights of :func:`~bayes_dip.linearized.priors.weight_layout`
+replaced by ``θ`` and every other parameter (biases, norms) and buffer held fixed at the
+trained values. ``J v`` is a forward-mode JVP, ``Jᵀ u`` a VJP (``torch.func``), both batched
+over columns with ``vmap``. Products take column blocks: ``jvp(V (P, k)) -> (n_pix, k)``,
+``vjp(U (n_pix, k)) -> (P, k)``; pixels are the row-major ``H·W`` pixels of the single output
+image.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp, vmap
+
+from bayes_dip.linalg import SVDResult, randomized_svd
+
+from .priors import WeightLayout, weight_layout
+
+__all__ = ["NetworkJacobian", "gprior_scale", "apply_ray_trafo", "apply_ray_trafo_adjoint"]
+
+
+class NetworkJacobian:
+    """``J`` of ``net(net_input)`` at the current weights ``θ̂`` (a frozen copy of ``net`` in eval mode).
+
+    Args:
+        net: the trained network (not modified; a copy is taken).
+        net_input: ``(1, C, H, W)`` fixed input.
+        blocks: prior blocks (default ``net.prior_blocks()``).
+        dtype: computation dtype (default: the network's); the copy and input are cast to it.
+        chunk_size: columns per vmapped batch in :meth:`jvp`/:meth:`vjp` (``None``: all at once).
+
+    Attributes: ``layout``, ``theta (P,)`` = θ̂, ``output (1, 1, H, W)`` = ``f(θ̂)``.
+    """
+
+    def __init__(self, net: nn.Module, net_input: Tensor, blocks: Sequence | None = None, *,
+                 dtype: torch.dtype | None = None, chunk_size: int | None = None):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(net_input, Tensor) or net_input.dim() != 4 or net_input.shape[0] != 1:
+            raise ValueError("net_input must be a tensor of shape (1, C, H, W), got "
+                             f"{tuple(getattr(net_input, 'shape', ()))}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        self.layout: WeightLayout = weight_layout(net, blocks)
+        dtype = dtype or next(net.parameters()).dtype
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        self.net = copy.deepcopy(net).eval().to(dtype=dtype, device=net_input.device)
+        self.net.requires_grad_(False)
+        self.net_input = net_input.detach().to(dtype)
+        self.chunk_size = chunk_size
+        state = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
+        prior = set(self.layout.params)
+        self._fixed = {k: v.detach() for k, v in state.items() if k not in prior}
+        self._shapes = [(name, tuple(state[name].shape)) for name in self.layout.params]
+        self.theta = torch.cat([state[name].detach().reshape(-1) for name in self.layout.params])
+        self._pullback = None
+        with torch.no_grad():
+            out = functional_call(self.net, state, (self.net_input,))
+        if out.dim() != 4 or out.shape[:2] != (1, 1):
+            raise ValueError(f"net must output one single-channel image (1, 1, H, W), got {tuple(out.shape)}")
+        self.output = out.detach()
+
+    @property
+    def num_params(self) -> int:
+        return self.theta.numel()
+
+    @property
+    def num_pixels(self) -> int:
+        return self.output.numel()
+
+    @property
+    def im_shape(self) -> tuple[int, int]:
+        return tuple(self.output.shape[-2:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``f(θ)`` flattened to ``(n_pix,)`` (differentiable in ``θ``)."""
+        params, offset = dict(self._fixed), 0
+        for name, shape in self._shapes:
+            size = math.prod(shape)
+            params[name] = theta[offset:offset + size].view(shape)
+            offset += size
+        return functional_call(self.net, params, (self.net_input,)).reshape(-1)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """``J V`` for ``V (P, k)`` or ``(P,)`` -> ``(n_pix, k)`` / ``(n_pix,)``."""
+        v, vector = self._block(v, self.num_params, "v")
+
+        def single(t: Tensor) -> Tensor:
+            return jvp(self.forward, (self.theta,), (t,))[1]
+
+        out = vmap(single, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(v)
+        return out.squeeze(1) if vector else out
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """``Jᵀ U`` for ``U (n_pix, k)`` or ``(n_pix,)`` -> ``(P, k)`` / ``(P,)``."""
+        u, vector = self._block(u, self.num_pixels, "u")
+        if self._pullback is None:  # one forward pass, kept for all later products
+            self._pullback = vjp(self.forward, self.theta)[1]
+        pull = self._pullback
+        out = vmap(lambda c: pull(c)[0], in_dims=1, out_dims=1, chunk_size=self.chunk_size)(u)
+        return out.squeeze(1) if vector else out
+
+    def dense(self, batch_size: int = 256) -> Tensor:
+        """The dense Jacobian ``(n_pix, P)`` from ``n_pix`` VJPs in batches (small images only)."""
+        eye = torch.eye(self.num_pixels, dtype=self.dtype, device=self.device)
+        rows = [self.vjp(eye[:, i:i + batch_size]).mT for i in range(0, self.num_pixels, batch_size)]
+        return torch.cat(rows, 0)
+
+    def low_rank(self, rank: int, oversample: int = 10, power_iters: int = 2,
+                 generator: torch.Generator | None = None) -> SVDResult:
+        """Rank-``rank`` truncated SVD ``J ≈ U diag(S) Vᵀ`` by randomized SVD (JVPs/VJPs only)."""
+        return randomized_svd(self.jvp, self.vjp, (self.num_pixels, self.num_params), rank,
+                              oversample=oversample, power_iters=power_iters, generator=generator,
+                              dtype=self.dtype, device=self.device)
+
+    def _block(self, v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+        vector = v.dim() == 1
+        v2 = v.unsqueeze(1) if vector else v
+        if v2.dim() != 2 or v2.shape[0] != n:
+            raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
+        if v2.dtype != self.dtype or v2.device != self.device:
+            raise TypeError(f"{name} must have dtype {self.dtype} on {self.device}, "
+                            f"got {v2.dtype} on {v2.device}")
+        return v2, vector
+
+
+def apply_ray_trafo(ray_trafo, x: Tensor) -> Tensor:
+    """``A X`` for image columns ``X (n_pix, k)`` -> ``(n_obs, k)``."""
+    k = x.shape[1]
+    y = ray_trafo.A(x.mT.reshape(k, 1, *ray_trafo.im_shape))
+    return y.reshape(k, -1).mT
+
+
+def apply_ray_trafo_adjoint(ray_trafo, y: Tensor) -> Tensor:
+    """``Aᵀ Y`` for observation columns ``Y (n_obs, k)`` -> ``(n_pix, k)``."""
+    k = y.shape[1]
+    x = ray_trafo.A_adjoint(y.mT.reshape(k, 1, *ray_trafo.obs_shape))
+    return x.reshape(k, -1).mT
+
+
+def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
+                 generator: torch.Generator | None = None, batch_size: int = 64,
+                 eps: float = 1e-6) -> Tensor:
+    """Feature normalisation of the g-prior: ``s_i = (mean_j (A J)_{ji}²)^{-1/2}`` ``(P,)``.
+
+    Exact from all ``n_obs`` rows of ``A J`` (``num_probes=None``), else the Hutchinson
+    estimate ``diag((AJ)ᵀ AJ) ≈ mean_s (Jᵀ Aᵀ z_s)²`` with Rademacher ``z_s``. Values of the
+    mean below ``eps²`` are clamped (weights the data do not see).
+    """
+    n_obs = math.prod(ray_trafo.obs_shape)
+    total = torch.zeros(jac.num_params, dtype=jac.dtype, device=jac.device)
+    if num_probes is None:
+        eye = torch.eye(n_obs, dtype=jac.dtype, device=jac.device)
+        for i in range(0, n_obs, batch_size):
+            total += jac.vjp(apply_ray_trafo_adjoint(ray_trafo, eye[:, i:i + batch_size])).square().sum(1)
+        mean = total / n_obs
+    else:
+        if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+            raise ValueError(f"num_probes must be None or a positive int, got {num_probes!r}")
+        for i in range(0, num_probes, batch_size):
+            k = min(batch_size, num_probes - i)
+            z = torch.randint(0, 2, (n_obs, k), generator=generator, device=jac.device).to(jac.dtype) * 2 - 1
+            total += jac.vjp(apply_ray_trafo_adjoint(ray_trafo, z)).square().sum(1)
+        mean = total / (num_probes * n_obs)
+    return mean.clamp_min(eps ** 2).rsqrt()

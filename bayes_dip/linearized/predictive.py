@@ -1,0 +1,210 @@
+"""Predictive posterior of the linearised DIP over the image (DESIGN.md §1.6).
+
+``x | y ~ N(x̂, Σ_post)``, ``Σ_post = C − C Aᵀ K_yy⁻¹ A C + η² I`` with ``C = J Σ_θ Jᵀ`` and
+``η²`` the image-space noise term (:func:`image_noise_variance`).
+
+* :func:`exact_predictive` — full covariance from a StructuredCovariance (small images).
+* :func:`sample_predictive` — Matheron's rule: ``e = x₀ − C Aᵀ K_yy⁻¹ (A x₀ + ε)`` with
+  ``x₀ ~ N(0, C)``, ``ε ~ N(0, σ_y² I)`` is a draw of ``N(0, Σ_post − η² I)``; ``K_yy⁻¹`` by
+  Cholesky (with a StructuredCovariance) or preconditioned CG (matrix-free). ``η²`` is added
+  analytically (std, patch covariances).
+
+The log-likelihoods are per pixel (:mod:`bayes_dip.metrics`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bayes_dip.linalg import CGInfo, pcg, randomized_svd
+from bayes_dip.metrics import (LogLikelihood, image_patches, log_likelihood_full,
+                               log_likelihood_patchwise, patch_covariances_from_samples)
+
+from .covariance import StructuredCovariance
+from .jacobian import apply_ray_trafo, apply_ray_trafo_adjoint
+from .model import LinearizedModel
+
+__all__ = ["image_noise_variance", "ExactPredictive", "exact_predictive", "SampledPredictive",
+           "sample_predictive"]
+
+_DENSE_SVD_LIMIT = 4_000_000  # n_obs · n_pix up to which A's singular values come from a dense SVD
+
+
+def image_noise_variance(ray_trafo, noise_variance: float, rank: int = 100, rcond: float = 1e-3,
+                         generator: torch.Generator | None = None) -> float:
+    """``η² = σ_y² · mean diag((AᵀA)⁺)`` on the top-``rank`` singular subspace of ``A``:
+    ``σ_y² Σ s_i⁻² / n_pix`` over the ``rank`` largest singular values ``s_i >= rcond · s_1``
+    (``σ_y²`` seen in image space; the cut-off keeps small problems, where ``rank`` reaches
+    the near-null space of ``A``, finite).
+
+    Singular values by a dense SVD for small ``A``, else by randomized SVD (products only).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not float(noise_variance) > 0:
+        raise ValueError(f"noise_variance must be > 0, got {noise_variance!r}")
+    n_pix, n_obs = math.prod(ray_trafo.im_shape), math.prod(ray_trafo.obs_shape)
+    rank = min(rank, n_pix, n_obs)
+    if n_pix * n_obs <= _DENSE_SVD_LIMIT:
+        mat = apply_ray_trafo(ray_trafo, torch.eye(n_pix, dtype=torch.float64))
+        s = torch.linalg.svdvals(mat)[:rank]
+    else:
+        s = randomized_svd(lambda v: apply_ray_trafo(ray_trafo, v),
+                           lambda u: apply_ray_trafo_adjoint(ray_trafo, u), (n_obs, n_pix), rank,
+                           generator=generator, dtype=torch.float64).S
+    s = s[s >= s[0] * rcond]
+    return float(noise_variance) * float((s ** -2).sum()) / n_pix
+
+
+def _resolve_noise(model: LinearizedModel, image_noise: float | str) -> float:
+    if image_noise == "auto":
+        return image_noise_variance(model.ray_trafo, float(model.noise_variance))
+    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) or image_noise < 0:
+        raise ValueError(f"image_noise must be 'auto' or a number >= 0, got {image_noise!r}")
+    return float(image_noise)
+
+
+def _mean(model: LinearizedModel, mean: Tensor | None) -> Tensor:
+    if mean is None:
+        return model.jac.output.detach().to(torch.float64)
+    if not isinstance(mean, Tensor) or tuple(mean.shape) != tuple(model.jac.output.shape):
+        raise ValueError(f"mean must have shape {tuple(model.jac.output.shape)}")
+    return mean.detach().to(torch.float64)
+
+
+@dataclass
+class ExactPredictive:
+    """``N(mean, covariance)`` over the row-major pixels; ``covariance`` includes ``image_noise``
+    (``η²``) and ``jitter`` on its diagonal (both reported, float64)."""
+
+    mean: Tensor
+    covariance: Tensor
+    image_noise: float
+    jitter: float
+
+    def std(self) -> Tensor:
+        """Pixel standard deviations ``(1, 1, H, W)``."""
+        return self.covariance.diagonal().sqrt().reshape(self.mean.shape)
+
+    def sample(self, num: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(num, 1, H, W)`` draws."""
+        chol = torch.linalg.cholesky(self.covariance)
+        eps = torch.randn(chol.shape[0], num, generator=generator, dtype=chol.dtype,
+                          device=chol.device)
+        return self.mean.reshape(1, 1, *self.mean.shape[-2:]) + (chol @ eps).mT.reshape(
+            num, 1, *self.mean.shape[-2:])
+
+    def log_likelihood(self, ground_truth: Tensor) -> LogLikelihood:
+        """Per-pixel ``log N(ground_truth | mean, covariance) / n_pix``."""
+        return log_likelihood_full(self.mean, self.covariance, ground_truth)
+
+    def patch_log_likelihood(self, ground_truth: Tensor, patch_size: int) -> LogLikelihood:
+        """Per-pixel log-likelihood under the patch-block-diagonal part of the covariance."""
+        patches = image_patches(tuple(self.mean.shape[-2:]), patch_size)
+        covs = [self.covariance[p][:, p] for p in patches]
+        return log_likelihood_patchwise(self.mean, ground_truth, patch_size, covariances=covs)
+
+
+def exact_predictive(model: LinearizedModel, structured: StructuredCovariance, *,
+                     mean: Tensor | None = None, image_noise: float | str = "auto",
+                     jitter: float | None = None) -> ExactPredictive:
+    """Full-covariance predictive from the Grams of ``structured`` (float64).
+
+    ``jitter=None`` chooses the smallest diagonal jitter that lifts the smallest eigenvalue of
+    the covariance to ``1e-10 · mean(diag)`` (0 when it already is); it is reported, never
+    retried silently. ``mean`` defaults to ``x̂``.
+    """
+    if not isinstance(structured, StructuredCovariance):
+        raise TypeError(f"structured must be a StructuredCovariance, got {type(structured).__name__}")
+    eta2 = _resolve_noise(model, image_noise)
+    with torch.no_grad():
+        prior, nv = model.prior, model.noise_variance.to(torch.float64)
+        c = structured.image_covariance(prior)
+        cross = structured.cross_covariance(prior)  # C Aᵀ
+        chol = torch.linalg.cholesky(structured.observation_covariance(prior, nv))
+        b = torch.linalg.solve_triangular(chol, cross.mT, upper=False)
+        cov = c - b.mT @ b
+        cov = 0.5 * (cov + cov.mT)
+        cov.diagonal().add_(eta2)
+        if jitter is None:
+            floor = 1e-10 * float(cov.diagonal().mean())
+            lowest = float(torch.linalg.eigvalsh(cov)[0])
+            jitter = max(0.0, floor - lowest)
+        elif isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0:
+            raise ValueError(f"jitter must be None or a number >= 0, got {jitter!r}")
+        cov.diagonal().add_(jitter)
+    return ExactPredictive(_mean(model, mean), cov, eta2, float(jitter))
+
+
+@dataclass
+class SampledPredictive:
+    """Predictive from Matheron samples: ``samples (S, 1, H, W)`` = mean + posterior errors
+    (without the image noise ``η²``, which is added analytically); ``cg`` per batch."""
+
+    mean: Tensor
+    samples: Tensor
+    image_noise: float
+    cg: list[CGInfo]
+
+    def std(self) -> Tensor:
+        """Pixel std ``(1, 1, H, W)``: ``√(mean_s e_s² + η²)`` (errors about the known mean)."""
+        err = self.samples - self.mean
+        return (err.square().mean(0, keepdim=True) + self.image_noise).sqrt()
+
+    def patch_covariances(self, patch_size: int):
+        """Sample covariances per patch (see :func:`~bayes_dip.metrics.patch_covariances_from_samples`),
+        without ``η²``."""
+        return patch_covariances_from_samples(self.samples, patch_size)
+
+    def log_likelihood(self, ground_truth: Tensor, patch_size: int = 10) -> LogLikelihood:
+        """Per-pixel patchwise log-likelihood (patch sizes 1, 2, 10 in the paper)."""
+        return log_likelihood_patchwise(self.mean, ground_truth, patch_size, samples=self.samples,
+                                        added_variance=self.image_noise)
+
+
+def sample_predictive(model: LinearizedModel, num_samples: int, *,
+                      structured: StructuredCovariance | None = None, mean: Tensor | None = None,
+                      image_noise: float | str = "auto", batch_size: int = 32,
+                      cg_tol: float = 1e-4, cg_max_iter: int = 200, precond_rank: int = 200,
+                      generator: torch.Generator | None = None) -> SampledPredictive:
+    """``num_samples`` posterior draws by Matheron's rule (see module docs).
+
+    With ``structured`` the solves use a Cholesky factor of ``K_yy``; otherwise preconditioned
+    CG (Nyström preconditioner of rank ``precond_rank``, ``cg_tol`` relative residual).
+    """
+    for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
+                                 ("cg_max_iter", cg_max_iter, 1), ("precond_rank", precond_rank, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    eta2 = _resolve_noise(model, image_noise)
+    x_mean = _mean(model, mean)
+    jac, prior, dtype = model.jac, model.prior, model.jac.dtype
+    chol = cross = precond = None
+    with torch.no_grad():
+        nv = model.noise_variance
+        if structured is not None:
+            chol = torch.linalg.cholesky(structured.observation_covariance(prior, nv.to(torch.float64)))
+            cross = structured.cross_covariance(prior)
+        elif precond_rank > 0:
+            precond = model.obs_cov.preconditioner(min(precond_rank, model.num_obs - 1), generator)
+        errors, infos = [], []
+        for start in range(0, num_samples, batch_size):
+            b = min(batch_size, num_samples - start)
+            x0 = jac.jvp(prior.sample(b, generator, dtype=prior.log_variance.dtype).to(dtype))
+            eps = torch.randn(model.num_obs, b, generator=generator, dtype=dtype,
+                              device=jac.device) * nv.to(dtype).sqrt()
+            y0 = apply_ray_trafo(model.ray_trafo, x0) + eps
+            if chol is not None:
+                alpha = torch.cholesky_solve(y0.to(torch.float64), chol)
+                corr = cross @ alpha
+            else:
+                alpha, info = pcg(model.obs_cov.matmul, y0, precond=precond, tol=cg_tol,
+                                  max_iter=cg_max_iter)
+                infos.append(info)
+                corr = model.image_cov.matmul(apply_ray_trafo_adjoint(model.ray_trafo, alpha))
+            errors.append((x0.to(torch.float64) - corr.to(torch.float64)).mT)
+        err = torch.cat(errors).reshape(num_samples, 1, *jac.im_shape)
+    return SampledPredictive(x_mean, x_mean + err, eta2, infos)
