@@ -5,9 +5,12 @@
   Gaussian (mean, std, full or patch covariances) to streamed MC-dropout samples;
   :func:`sample_count_stability` measures how the test log-likelihood settles with the
   number of samples.
+- :mod:`~bayes_dip.baselines.ensemble`: :func:`deep_ensemble`, ``K`` independently
+  initialised DIPs with a Gaussian fitted to their reconstructions.
 - :mod:`~bayes_dip.baselines.homoscedastic`: DIP (σ² = 1) and DIP (evidence σ²), the DIP
   reconstruction with ``N(x̂, σ_y² c_A I)``.
 """
+from .ensemble import deep_ensemble
 from .homoscedastic import (HomoscedasticPredictive, dip_evidence_predictive, dip_fixed_predictive,
                             evidence_noise_variance, homoscedastic_predictive,
                             pseudo_inverse_diag_mean)
@@ -16,7 +19,7 @@ from .mcdo import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, SampleCountStability,
 
 __all__ = [
     "DEFAULT_DROPOUT_P", "DEFAULT_NUM_SAMPLES", "SamplePredictive", "fit_mcdo", "mcdo_predictive",
-    "SampleCountStability", "sample_count_stability",
+    "SampleCountStability", "sample_count_stability", "deep_ensemble",
     "HomoscedasticPredictive", "homoscedastic_predictive", "pseudo_inverse_diag_mean",
     "evidence_noise_variance", "dip_fixed_predictive", "dip_evidence_predictive",
 ]
