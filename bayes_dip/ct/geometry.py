@@ -172,12 +172,13 @@ class FanBeamGeometry(_Geometry):
         pixel_size: image pixel side (length units per pixel).
 
     Example (HTC2022 scanner, the ``.mat`` file's parameters; ``effectivePixelSizePost`` is the
-    cell width at the object, so multiply by the magnification)::
+    cell width at the object, so multiply by the magnification; the challenge's 512² target
+    grid has pixels of ``effectivePixelSizePost`` mm, 75.9 mm across)::
 
         mag = 553.74 / 410.66
         FanBeamGeometry((512, 512), np.deg2rad(angles_deg), src_origin_dist=410.66,
                         origin_det_dist=553.74 - 410.66, det_pixel_size=0.1483 * mag,
-                        num_detectors=560, pixel_size=0.1)
+                        num_detectors=560, pixel_size=0.1483)
     """
 
     def __init__(self, im_shape: Sequence[int], angles, src_origin_dist: float,
