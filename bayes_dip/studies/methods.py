@@ -1,0 +1,258 @@
+"""Method registry of the studies: name -> how to get a :class:`Prediction` for one image.
+
+=================  ==========================  ==============================================
+name               label                       predictive
+=================  ==========================  ==============================================
+``dip``            DIP (σ²=1)                  ``N(x̂, c_A I)`` (``bayes_dip.baselines``)
+``dip-evidence``   DIP (evidence σ²)           ``N(x̂, σ_y² c_A I)``, σ_y² by its evidence
+``mcdo``           DIP-MCDO                    Gaussian fit to MC-dropout samples (own net)
+``lin-dip-mll``    Linearised DIP (MLL)        linearised DIP, type-II ML hyperparameters
+``lin-dip-tvmap``  Linearised DIP (TV-MAP)     linearised DIP, evidence + TV-PredCP
+=================  ==========================  ==============================================
+
+``dip``, ``dip-evidence`` and the linearised methods share the DIP of the image
+(:meth:`MethodContext.dip`); ``mcdo`` trains its own dropout network without TV. Each
+spec lists the config ``sections`` its result depends on (they enter the result's
+fingerprint) and checks its section when the study config is validated.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+import torch
+
+from bayes_dip.dip import DIPConfig
+from bayes_dip.studies.context import MethodContext
+from bayes_dip.studies.evaluate import SAMPLES_PER_PIXEL_FOR_FULL
+from bayes_dip.studies.prediction import Prediction
+
+__all__ = ["MethodSpec", "METHODS", "register_method"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``run(ctx) -> Prediction``; ``check(config)`` raises on a bad config section."""
+
+    name: str
+    label: str
+    sections: tuple[str, ...]
+    run: Callable[[MethodContext], Prediction]
+    check: Callable[[Any], None] = lambda config: None
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to :data:`METHODS` (e.g. a user's own method); names must be new."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"spec must be a MethodSpec, got {type(spec).__name__}")
+    if spec.name in METHODS:
+        raise ValueError(f"spec.name {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def _variance_factor(ctx: MethodContext) -> float:
+    """``c_A`` of the setting's ray transform (one SVD per geometry, cached on the context)."""
+    from bayes_dip.linearized import image_noise_variance
+
+    key = ("variance_factor", ctx.setting.key)
+    if key not in ctx.shared:
+        ctx.shared[key] = image_noise_variance(ctx.ray_trafo, 1.0)
+    return ctx.shared[key]
+
+
+def _homoscedastic(ctx: MethodContext, evidence: bool) -> Prediction:
+    from bayes_dip.baselines import dip_evidence_predictive, dip_fixed_predictive
+
+    dip = ctx.dip()
+    start = time.perf_counter()
+    c = _variance_factor(ctx)
+    if evidence:
+        pred = dip_evidence_predictive(dip.recon, ctx.ray_trafo, ctx.y, variance_factor=c)
+    else:
+        pred = dip_fixed_predictive(dip.recon, ctx.ray_trafo, variance_factor=c)
+    stage = "evidence" if evidence else "predictive"
+    return Prediction(mean=pred.mean, std=pred.std, independent_pixels=True,
+                      seconds={"dip": dip.seconds, stage: time.perf_counter() - start},
+                      info={"noise_variance": pred.noise_variance,
+                            "variance_factor": pred.variance_factor,
+                            "pixel_variance": pred.variance,
+                            "dip_best_iteration": dip.best_iteration})
+
+
+_MCDO_KEYS = {"dropout_p", "num_samples", "batch_size"}
+_DIP_KEYS = {f.name for f in fields(DIPConfig)} - {"gamma"}
+
+
+def _mcdo_dip_config(config: Any) -> DIPConfig:
+    """The study's DIP settings with the ``mcdo`` overrides and ``gamma = 0`` (no TV)."""
+    overrides = {k: v for k, v in config.mcdo.items() if k in _DIP_KEYS}
+    return replace(config.dip, gamma=0.0, **overrides)
+
+
+def _check_mcdo(config: Any) -> None:
+    section = config.mcdo
+    unknown = sorted(set(section) - _MCDO_KEYS - _DIP_KEYS)
+    if "gamma" in section:
+        raise ValueError("mcdo.gamma: DIP-MCDO is trained without TV (gamma is always 0)")
+    if unknown:
+        raise ValueError(f"mcdo: unknown key(s) {unknown}; known: {sorted(_MCDO_KEYS | _DIP_KEYS)}")
+    p = section.get("dropout_p", 0.05)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+        raise ValueError(f"mcdo.dropout_p must be in (0, 1), got {p!r}")
+    for key in ("num_samples", "batch_size"):
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < (2 if key == "num_samples" else 1)):
+            raise ValueError(f"mcdo.{key} must be a positive integer (num_samples >= 2), got {value!r}")
+    try:
+        _mcdo_dip_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"mcdo: {exc}") from exc
+
+
+def _mcdo(ctx: MethodContext) -> Prediction:
+    from bayes_dip.baselines import DEFAULT_NUM_SAMPLES, fit_mcdo, mcdo_predictive
+
+    section = ctx.config.mcdo
+    p = section.get("dropout_p", 0.05)
+    fit = fit_mcdo(ctx.ray_trafo, ctx.y, dropout_p=p, config=_mcdo_dip_config(ctx.config),
+                   net=ctx.unet(dropout_p=p), net_input=ctx.fbp, ground_truth=ctx.ground_truth,
+                   checkpoint_dir=ctx.cache_dir / "mcdo", progress=ctx.progress)
+    h, w = ctx.fbp.shape[-2:]
+    options = ctx.config.metrics
+    num_samples = section.get("num_samples", DEFAULT_NUM_SAMPLES)
+    full = (num_samples >= SAMPLES_PER_PIXEL_FOR_FULL * h * w
+            and h * w <= options.full_covariance_max_pixels)
+    pred = mcdo_predictive(fit.net, fit.net_input, num_samples=num_samples,
+                           seed=ctx.seed(1), batch_size=section.get("batch_size"),
+                           full_covariance=full,
+                           patch_sizes=() if full or options.patch_size == 1 else (options.patch_size,),
+                           progress=ctx.progress)
+    gallery = None
+    count = ctx.config.figures.gallery_samples
+    if count >= 2:
+        gallery = mcdo_predictive(fit.net, fit.net_input, num_samples=count, seed=ctx.seed(2),
+                                  full_covariance=False, store_samples=True,
+                                  progress=False).samples
+    return Prediction(mean=pred.mean, std=pred.std, covariance=pred.covariance,
+                      patch_covariances=pred.patch_covariances, gallery=gallery,
+                      seconds={"dip": fit.seconds, "predictive": pred.seconds},
+                      info={"num_samples": pred.num_samples, "dropout_p": p,
+                            "dip_best_iteration": fit.best_iteration})
+
+
+_LIN_MODEL_KEYS = {"gprior", "variance", "lengthscale", "noise_variance", "exact_memory"}
+_LIN_RUN_KEYS = {"mode", "steps", "weights"}
+_EVIDENCE_KEYS = {"lr", "num_probes", "cg_max_iter", "cg_tol", "precond_rank", "precond_every",
+                  "checkpoint_every"}
+_TVMAP_KEYS = {"predcp_scale", "predcp_samples"}
+_PREDICTIVE_KEYS = {"num_samples", "image_noise", "batch_size", "cg_tol", "cg_max_iter",
+                    "precond_rank"}
+
+
+def _check_keys(section: dict, known: set[str], name: str) -> None:
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def _check_linearized(config: Any) -> None:
+    from bayes_dip.linearized import EvidenceConfig
+
+    ev = config.evidence
+    _check_keys(ev, _LIN_MODEL_KEYS | _LIN_RUN_KEYS | _EVIDENCE_KEYS, "evidence")
+    if ev.get("mode", "auto") not in ("auto", "exact", "stochastic"):
+        raise ValueError(f"evidence.mode must be auto, exact or stochastic, got {ev['mode']!r}")
+    try:
+        EvidenceConfig(**{k: v for k, v in ev.items() if k in _EVIDENCE_KEYS | {"weights"}},
+                       **({"steps": ev["steps"]} if ev.get("steps") is not None else {}))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"evidence: {exc}") from exc
+    for key in ("variance", "lengthscale", "noise_variance"):
+        value = ev.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"evidence.{key} must be a number > 0, got {value!r}")
+    pr = config.predictive
+    _check_keys(pr, _PREDICTIVE_KEYS, "predictive")
+    n = pr.get("num_samples", 1024)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"predictive.num_samples must be an integer >= 2, got {n!r}")
+    noise = pr.get("image_noise", "auto")
+    if noise != "auto" and (isinstance(noise, bool) or not isinstance(noise, (int, float))
+                            or noise < 0):
+        raise ValueError(f"predictive.image_noise must be 'auto' or a number >= 0, got {noise!r}")
+
+
+def _check_tvmap(config: Any) -> None:
+    _check_linearized(config)
+    tv = config.tvmap
+    _check_keys(tv, _TVMAP_KEYS, "tvmap")
+    scale = tv.get("predcp_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"tvmap.predcp_scale must be a number > 0, got {scale!r}")
+    samples = tv.get("predcp_samples", 20)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"tvmap.predcp_samples must be a positive integer, got {samples!r}")
+    if config.dip.gamma <= 0:
+        raise ValueError("dip.gamma must be > 0 for lin-dip-tvmap (the PredCP rate is "
+                         "scale · gamma · numel(y))")
+
+
+def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
+    from bayes_dip.linearized import LinearizedDIP
+
+    dip = ctx.dip()
+    ev = dict(ctx.config.evidence)
+    model_options = {k: ev.pop(k) for k in _LIN_MODEL_KEYS if k in ev}
+    lin = LinearizedDIP(dip.net, dip.net_input, ctx.ray_trafo, ctx.y, recon=dip.recon,
+                        gamma=ctx.config.dip.gamma, **model_options)
+    mode, steps = ev.pop("mode", "auto"), ev.pop("steps", None)
+    weights = ev.pop("weights", "map")
+    tv = ctx.config.tvmap
+    name = "tvmap" if tvmap else "mll"
+    evidence = lin.optimize_hyperparameters(
+        mode, tv.get("predcp_scale", 1.0) if tvmap else None, steps=steps, weights=weights,
+        predcp_samples=tv.get("predcp_samples", 20), progress=ctx.progress,
+        checkpoint_path=ctx.cache_dir / f"evidence-{name}.pt", seed=ctx.seed(3), **ev)
+    pr = dict(ctx.config.predictive)
+    num_samples = pr.pop("num_samples", 1024)
+    image_noise = pr.pop("image_noise", "auto")
+    exact = lin.mode == "exact"
+    gallery = max(2, ctx.config.figures.gallery_samples)
+    if exact:  # only the linear-solver options of the sampled predictive are dropped
+        pr = {}
+    result = lin.estimate_uncertainty(num_samples=gallery if exact else num_samples,
+                                      image_noise=image_noise, seed=ctx.seed(4), **pr)
+    seconds = {"dip": dip.seconds, **result.seconds}
+    nle = evidence.history.get("neg_log_evidence") or [float("nan")]
+    info = {"mode": result.mode, "noise_variance": result.noise_variance,
+            "image_noise": result.image_noise, "hyperparameters": result.hyperparameters,
+            "evidence_steps": evidence.steps, "neg_log_evidence_per_obs": nle[-1],
+            "dip_best_iteration": dip.best_iteration}
+    if exact:
+        return Prediction(mean=result.mean, std=result.std,
+                          covariance=result.predictive.covariance,
+                          gallery=result.samples[:ctx.config.figures.gallery_samples],
+                          seconds=seconds, info={**info, "jitter": result.predictive.jitter})
+    return Prediction(mean=result.mean, std=result.std, samples=result.samples,
+                      added_variance=result.image_noise, seconds=seconds,
+                      info={**info, "num_samples": num_samples})
+
+
+for _spec in (
+    MethodSpec("dip", "DIP (σ²=1)", ("dip", "unet"), lambda ctx: _homoscedastic(ctx, False)),
+    MethodSpec("dip-evidence", "DIP (evidence σ²)", ("dip", "unet"),
+               lambda ctx: _homoscedastic(ctx, True)),
+    MethodSpec("mcdo", "DIP-MCDO", ("dip", "unet", "mcdo"), _mcdo, _check_mcdo),
+    MethodSpec("lin-dip-mll", "Linearised DIP (MLL)", ("dip", "unet", "evidence", "predictive"),
+               lambda ctx: _linearized(ctx, False), _check_linearized),
+    MethodSpec("lin-dip-tvmap", "Linearised DIP (TV-MAP)",
+               ("dip", "unet", "evidence", "tvmap", "predictive"),
+               lambda ctx: _linearized(ctx, True), _check_tvmap),
+):
+    register_method(_spec)

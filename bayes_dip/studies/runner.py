@@ -1,0 +1,211 @@
+"""The study loop: settings × images × methods, resumable, then tables and figures."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from bayes_dip.studies.config import Setting, StudyConfig, load_study_config
+from bayes_dip.studies.context import MethodContext
+from bayes_dip.studies.evaluate import evaluate_prediction, gallery_samples
+from bayes_dip.studies.figures import plot_ll_vs_angles, setting_figures
+from bayes_dip.studies.methods import METHODS
+from bayes_dip.studies.problems import build_problem, image_key
+from bayes_dip.studies.store import ResultStore, _atomic_write, fingerprint
+from bayes_dip.studies.table import aggregate, per_image_csv, table_csv, table_markdown
+
+__all__ = ["StudyResults", "run_study", "collect_results"]
+
+
+@dataclass
+class StudyResults:
+    """Outcome of :func:`run_study`.
+
+    Attributes:
+        config: the validated study.
+        out_dir: its output folder.
+        records: one dict per (setting, image, method): metrics, ``seconds`` per stage,
+            ``info`` of the method, ``setting``/``image``/``method`` keys and labels.
+        rows: aggregated table rows (see :func:`bayes_dip.studies.table.aggregate`).
+        computed, reused: (setting, image, method) keys computed in this call / loaded.
+        files: tables and figures written.
+    """
+
+    config: StudyConfig
+    out_dir: Path
+    records: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    computed: list[tuple[str, str, str]] = field(default_factory=list)
+    reused: list[tuple[str, str, str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def table_markdown(self) -> str:
+        return (self.out_dir / "table.md").read_text()
+
+
+def _result_fingerprint(config: StudyConfig, setting: Setting, image_id: str, method: str) -> str:
+    spec = METHODS[method]
+    return fingerprint({"setting": setting.params(), "image": image_id, "method": method,
+                        "seed": config.seed, "device": config.device,
+                        "sections": {s: config.section(s) for s in ("metrics", *spec.sections)}})
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.PathLike,
+              progress: bool = True) -> StudyResults:
+    """Run (or resume) a calibration study and write its tables and figures.
+
+    Args:
+        config: a :class:`StudyConfig`, a mapping in the YAML schema of
+            :mod:`bayes_dip.studies.config`, or the path of such a YAML file.
+        out_dir: output folder. Every finished (setting, image, method) result is saved
+            there atomically (``results/<setting>/<image>/<method>.json`` + ``.npz``) and is
+            never recomputed: a second call, e.g. after an interruption or with more images
+            or settings, computes only what is missing. A result saved under a different
+            configuration of that method raises ``ValueError``. The DIP of each image is
+            checkpointed under ``cache/`` and shared by the methods built on it.
+        progress: progress bars (study loop and the stages inside).
+
+    Writes ``study.yaml`` (the expanded config), ``table.md``, ``table.csv`` (mean ±
+    standard error per setting and method), ``per_image.csv`` and figures under
+    ``figures/<setting>/`` (PNG and PDF), plus ``figures/test_ll_vs_angles`` for grids.
+    """
+    cfg = load_study_config(config)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir must be a folder, but {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "study.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    store = ResultStore(out)
+    computed, reused = [], []
+    shared: dict = {}
+    items = [(s, im) for s in cfg.settings for im in s.images]
+    bar = tqdm(items, desc=f"study {cfg.name}", disable=not progress, dynamic_ncols=True)
+    for setting, image_id in bar:
+        key = image_key(image_id)
+        bar.set_postfix_str(f"{setting.key} {key}")
+        pending = []
+        for method in cfg.methods:
+            fp = _result_fingerprint(cfg, setting, image_id, method)
+            if store.load(setting.key, key, method, fp) is None:
+                pending.append((method, fp))
+            else:
+                reused.append((setting.key, key, method))
+        if not pending:
+            continue
+        problem = build_problem(setting, image_id, cfg.seed, cfg.data_root)
+        folder = out / "results" / setting.key / key
+        _save_problem(folder, problem)
+        ctx = MethodContext(problem, cfg, setting, image_id, out / "cache" / setting.key / key,
+                            progress, shared)
+        for method, fp in pending:
+            _run_method(ctx, store, method, fp, key)
+            computed.append((setting.key, key, method))
+    records = collect_results(cfg, out)
+    rows = aggregate(records)
+    files = [out / "table.md", out / "table.csv", out / "per_image.csv"]
+    _write_text(files[0], table_markdown(rows, f"Study {cfg.name}"))
+    _write_text(files[1], table_csv(rows))
+    _write_text(files[2], per_image_csv(records))
+    if cfg.figures.enabled:
+        files += _figures(cfg, out, rows, {k[0] for k in computed})
+    return StudyResults(cfg, out, records, rows, computed, reused, files)
+
+
+def _save_problem(folder: Path, problem) -> None:
+    path = folder / "problem.npz"
+    if path.is_file():
+        return
+    arrays = {"fbp": problem.fbp.detach().cpu().numpy()[0, 0],
+              "sinogram": problem.sinogram.detach().cpu().numpy()[0, 0]}
+    if problem.ground_truth is not None:
+        arrays["ground_truth"] = problem.ground_truth.detach().cpu().numpy()[0, 0]
+    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    _write_text(folder / "problem.json", json.dumps(problem.info, indent=2, default=str))
+
+
+def _run_method(ctx: MethodContext, store: ResultStore, method: str, fp: str, key: str) -> None:
+    spec = METHODS[method]
+    start = time.perf_counter()
+    pred = spec.run(ctx)
+    record, arrays = evaluate_prediction(pred, ctx.ground_truth, ctx.config.metrics)
+    seconds = dict(pred.seconds)
+    seconds["metrics"] = record.pop("seconds_metrics", 0.0)
+    seconds["total"] = time.perf_counter() - start
+    record.update(setting=ctx.setting.key, setting_label=ctx.setting.label, image=ctx.image_id,
+                  method=method, method_label=spec.label, fingerprint=fp, seconds=seconds,
+                  info=pred.info)
+    arrays["mean"] = pred.mean.detach().cpu().float().numpy()[0, 0]
+    arrays["std"] = pred.std.detach().cpu().float().numpy()[0, 0]
+    samples = gallery_samples(pred, ctx.config.figures.gallery_samples, ctx.seed(17))
+    if samples is not None:
+        arrays["samples"] = samples.detach().cpu().float().numpy()[:, 0]
+    store.save(ctx.setting.key, key, method, record, arrays)
+
+
+def collect_results(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.PathLike,
+                    ) -> list[dict[str, Any]]:
+    """The saved records of ``config`` in ``out_dir`` (study order; missing ones skipped)."""
+    cfg = load_study_config(config)
+    store = ResultStore(out_dir)
+    records = []
+    for setting in cfg.settings:
+        for image_id in setting.images:
+            for method in cfg.methods:
+                fp = _result_fingerprint(cfg, setting, image_id, method)
+                record = store.load(setting.key, image_key(image_id), method, fp)
+                if record is not None:
+                    records.append(record)
+    return records
+
+
+def _figures(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], changed: set[str],
+             ) -> list[Path]:
+    """Figures of the settings with new results (or without figures yet)."""
+    store = ResultStore(out)
+    files: list[Path] = []
+    for setting in cfg.settings:
+        if setting.key not in changed and (out / "figures" / setting.key).is_dir():
+            continue
+        images = []
+        for image_id in setting.images:
+            key = image_key(image_id)
+            folder = out / "results" / setting.key / key
+            if not (folder / "problem.npz").is_file():
+                continue
+            with np.load(folder / "problem.npz") as problem:
+                gt = problem["ground_truth"] if "ground_truth" in problem.files else None
+                fbp = problem["fbp"]
+            preds = {}
+            for method in cfg.methods:
+                if store.paths(setting.key, key, method)[0].is_file():
+                    preds[METHODS[method].label] = store.arrays(setting.key, key, method)
+            if preds:
+                images.append((key, gt, fbp, preds))
+        if not images:
+            continue
+        real = setting.kind == "htc2022"
+        files += setting_figures(
+            images, out / "figures" / setting.key, title=setting.label,
+            units="plastic fraction" if real else "a.u.",
+            value_label="material" if real else "attenuation",
+            panel_images=cfg.figures.images, formats=cfg.figures.formats,
+            file_names={METHODS[m].label: m for m in cfg.methods})
+    summary = out / "figures" / "test_ll_vs_angles"
+    if not changed and summary.with_suffix(f".{cfg.figures.formats[0]}").is_file():
+        return files
+    params = {s.key: {**s.params(), "kind": s.kind} for s in cfg.settings}
+    files += plot_ll_vs_angles(rows, params, out / "figures" / "test_ll_vs_angles",
+                               cfg.figures.formats)
+    return files
