@@ -1,8 +1,8 @@
 """Homoscedastic DIP baselines ``N(x̂, σ_y² c_A I)``.
 
-Oracles: the truncated pseudo-inverse of ``AᵀA`` built from a dense eigendecomposition,
-the closed-form Gaussian log-likelihood and the metrics functions, and a brute-force grid
-over ``σ_y²`` of the dense multivariate-normal evidence.
+Oracles: the truncated pseudo-inverse of ``AᵀA`` built from a dense eigendecomposition
+(``c_A``), the closed-form Gaussian log-likelihood and the metrics functions, and a
+brute-force grid over ``σ_y²`` of the dense multivariate-normal evidence.
 """
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from bayes_dip.baselines import (dip_evidence_predictive, dip_fixed_predictive,
-                                 evidence_noise_variance, homoscedastic_predictive,
-                                 pseudo_inverse_diag_mean)
+                                 evidence_noise_variance, homoscedastic_predictive)
 from bayes_dip.baselines import homoscedastic
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
+from bayes_dip.linearized import image_noise_variance
 from bayes_dip.metrics import log_likelihood_diagonal, log_likelihood_full
 
 
@@ -40,30 +38,27 @@ def _problem(op, noise=0.3, seed=0):
     return gt, recon, y
 
 
-@pytest.mark.parametrize("rank", [10, 50])
-def test_pseudo_inverse_diag_mean_equals_dense_truncated_pinv(op, rank):
+@pytest.mark.parametrize("rank", [10, 40])
+def test_fixed_variance_is_mean_diag_of_truncated_pinv(op, rank):
     a = op.matrix().to_dense()
     evals, evecs = torch.linalg.eigh(a.T @ a)  # ascending
     top = slice(len(evals) - rank, None)
     pinv = evecs[:, top] @ torch.diag(1 / evals[top]) @ evecs[:, top].T
-    assert pseudo_inverse_diag_mean(op, rank) == pytest.approx(float(pinv.diagonal().mean()),
-                                                               rel=1e-8)
-
-
-def test_pseudo_inverse_diag_mean_sparse_path_matches_dense(op, monkeypatch):
-    dense = pseudo_inverse_diag_mean(op, 10)
-    monkeypatch.setattr(homoscedastic, "_DENSE_MAX_ENTRIES", 0)
-    assert pseudo_inverse_diag_mean(op, 10) == pytest.approx(dense, rel=1e-8)
+    _, recon = _images()
+    pred = dip_fixed_predictive(recon, op, noise_variance=0.5, rank=rank)
+    assert pred.variance_factor == pytest.approx(float(pinv.diagonal().mean()), rel=1e-8)
+    assert pred.variance == pytest.approx(0.5 * pred.variance_factor, rel=1e-12)
 
 
 def test_log_likelihood_equals_closed_form_and_metrics(op):
     gt, recon = _images()
     pred = dip_fixed_predictive(recon, op, rank=10)
-    c = pseudo_inverse_diag_mean(op, rank=10)
+    c = image_noise_variance(op, 1.0, rank=10)
     assert pred.noise_variance == 1.0 and pred.variance == pytest.approx(c)
     d2 = pred.variance
     closed = -0.5 * math.log(2 * math.pi * d2) - float((gt - recon).square().mean()) / (2 * d2)
     assert pred.log_likelihood(gt) == pytest.approx(closed, abs=1e-12)
+    assert pred.log_likelihood(gt, patch_size=4) == pred.log_likelihood(gt)
     assert log_likelihood_diagonal(pred.mean, pred.std, gt) == pytest.approx(closed, abs=1e-12)
     dense = d2 * torch.eye(64, dtype=torch.float64)
     assert log_likelihood_full(pred.mean, dense, gt).per_pixel == pytest.approx(closed, abs=1e-10)
@@ -80,7 +75,7 @@ def test_given_noise_variance_scales_the_factor(op):
 
 def test_evidence_noise_variance_equals_grid_optimum(op):
     _, recon, y = _problem(op)
-    c = pseudo_inverse_diag_mean(op, rank=10)
+    c = image_noise_variance(op, 1.0, rank=10)
     s2 = evidence_noise_variance(op, y, recon, c)
     a = op.matrix().to_dense()
     base = torch.eye(a.shape[0], dtype=torch.float64) + c * a @ a.T
@@ -110,14 +105,6 @@ def test_evidence_cg_path_matches_dense(op, monkeypatch):
     assert evidence_noise_variance(op, y, recon, 0.02) == pytest.approx(dense, rel=1e-8)
 
 
-class _RankDeficient(nn.Module):
-    im_shape, obs_shape = (2, 2), (1, 4)
-
-    def matrix(self):
-        u = torch.arange(1.0, 5.0, dtype=torch.float64)
-        return torch.outer(u, u).to_sparse_csr()  # rank 1
-
-
 def test_bad_inputs_raise(op):
     gt, recon, y = _problem(op)
     with pytest.raises(ValueError, match="noise_variance"):
@@ -129,13 +116,9 @@ def test_bad_inputs_raise(op):
     with pytest.raises(ValueError, match="variance_factor"):
         homoscedastic_predictive(recon, 1.0, -1.0)
     with pytest.raises(ValueError, match="rank"):
-        pseudo_inverse_diag_mean(op, 0)
-    with pytest.raises(ValueError, match="fewer than"):
-        pseudo_inverse_diag_mean(_RankDeficient(), 3)
-    with pytest.raises(ValueError, match="fewer than"):
-        pseudo_inverse_diag_mean(op, 64)  # 8x8, 5 angles: numerical rank < 64
-    with pytest.raises(TypeError, match="matrix"):
-        pseudo_inverse_diag_mean(object())
+        dip_fixed_predictive(recon, op, rank=0)
+    with pytest.raises(ValueError, match="variance_factor"):
+        dip_evidence_predictive(recon, op, y, variance_factor=0.0)
     with pytest.raises(ValueError, match="recon must have shape"):
         dip_fixed_predictive(recon[0], op, variance_factor=1.0)
     with pytest.raises(ValueError, match="im_shape"):

@@ -12,14 +12,13 @@
 """
 from .ensemble import deep_ensemble
 from .homoscedastic import (HomoscedasticPredictive, dip_evidence_predictive, dip_fixed_predictive,
-                            evidence_noise_variance, homoscedastic_predictive,
-                            pseudo_inverse_diag_mean)
+                            evidence_noise_variance, homoscedastic_predictive)
 from .mcdo import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, SampleCountStability, SamplePredictive,
                    fit_mcdo, mcdo_predictive, sample_count_stability)
 
 __all__ = [
     "DEFAULT_DROPOUT_P", "DEFAULT_NUM_SAMPLES", "SamplePredictive", "fit_mcdo", "mcdo_predictive",
     "SampleCountStability", "sample_count_stability", "deep_ensemble",
-    "HomoscedasticPredictive", "homoscedastic_predictive", "pseudo_inverse_diag_mean",
+    "HomoscedasticPredictive", "homoscedastic_predictive",
     "evidence_noise_variance", "dip_fixed_predictive", "dip_evidence_predictive",
 ]

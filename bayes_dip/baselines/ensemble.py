@@ -4,7 +4,7 @@ Member ``k`` is :func:`~bayes_dip.dip.reconstruct_dip` with ``config.seed + k`` 
 network initialisation); the predictive is the :class:`~bayes_dip.baselines.SamplePredictive`
 of the ``K`` reconstructions (unbiased moments). With ``K`` members every covariance has
 rank ``K − 1``, so log-likelihoods need ``added_variance > 0`` (e.g. the image-noise term
-``σ_y² · pseudo_inverse_diag_mean(ray_trafo)``).
+``bayes_dip.linearized.image_noise_variance(ray_trafo, σ_y²)``).
 """
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ carried into image space by the truncated pseudo-inverse of the ray transform:
 
     δ² = σ_y² · c_A,   c_A = mean_i [(AᵀA)⁺_r]_ii = (1 / n_pixels) Σ_{k ≤ r} s_k⁻²,
 
-with ``s_1 ≥ s_2 ≥ …`` the singular values of ``A`` and ``r = 100`` (the same "image noise
-correction term" the linearised DIP adds to its predictive covariance). The two baselines
-differ in ``σ_y²``:
+with ``s_1 ≥ s_2 ≥ …`` the singular values of ``A`` and ``r = 100``: the "image noise term"
+the linearised DIP adds to its predictive covariance, computed by the same function
+(:func:`bayes_dip.linearized.image_noise_variance`, which also drops ``s_k < 10⁻³ s_1``).
+The two baselines differ in ``σ_y²``:
 
 * **DIP (σ² = 1)** — :func:`dip_fixed_predictive`: ``σ_y² = 1``.
 * **DIP (evidence σ²)** — :func:`dip_evidence_predictive`: in the paper ``σ_y²`` is the
@@ -23,14 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bayes_dip.linalg import pcg
+from bayes_dip.linearized import apply_ray_trafo, apply_ray_trafo_adjoint, image_noise_variance
 
-__all__ = ["HomoscedasticPredictive", "pseudo_inverse_diag_mean", "evidence_noise_variance",
-           "homoscedastic_predictive", "dip_fixed_predictive", "dip_evidence_predictive"]
+__all__ = ["HomoscedasticPredictive", "evidence_noise_variance", "homoscedastic_predictive",
+           "dip_fixed_predictive", "dip_evidence_predictive"]
 
 DEFAULT_RANK = 100
 """Singular values of ``A`` kept in the pseudo-inverse (the original code's truncation)."""
@@ -60,8 +61,12 @@ class HomoscedasticPredictive:
         """``(B, 1, H, W)`` float64, constant ``sqrt(variance)``."""
         return torch.full_like(self.mean, math.sqrt(self.variance))
 
-    def log_likelihood(self, ground_truth: Tensor) -> float:
-        """Per-pixel ``log N(gt | mean, δ² I)`` = ``−½ log(2π δ²) − mean((gt − x̂)²) / (2 δ²)``."""
+    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None) -> float:
+        """Per-pixel ``log N(gt | mean, δ² I)`` = ``−½ log(2π δ²) − mean((gt − x̂)²) / (2 δ²)``.
+
+        ``patch_size`` is accepted for a uniform interface with the other predictives; the
+        covariance is diagonal, so full, patchwise and diagonal values coincide.
+        """
         if not isinstance(ground_truth, Tensor) or ground_truth.shape != self.mean.shape:
             raise ValueError(f"ground_truth must be a tensor of shape {tuple(self.mean.shape)}, "
                              f"got {tuple(getattr(ground_truth, 'shape', ()))}")
@@ -97,43 +102,6 @@ def _check_recon(recon: Tensor, ray_trafo: nn.Module | None = None) -> Tensor:
     return recon.detach()
 
 
-def _matrix(ray_trafo: nn.Module) -> Tensor:
-    if not hasattr(ray_trafo, "matrix"):
-        raise TypeError("ray_trafo must provide .matrix() (a sparse (n_obs, n_pixels) tensor)")
-    return ray_trafo.matrix()
-
-
-def pseudo_inverse_diag_mean(ray_trafo: nn.Module, rank: int = DEFAULT_RANK) -> float:
-    """``c_A = mean_i [(AᵀA)⁺_r]_ii = Σ_{k ≤ r} s_k⁻² / n_pixels`` (top ``r`` singular values).
-
-    ``(AᵀA)⁺_r = Σ_{k ≤ r} v_k v_kᵀ / s_k²`` and each ``v_k`` has unit norm, so the mean of
-    the diagonal needs only the singular values: dense ``svdvals`` for small ``A``, else
-    ARPACK (``scipy.sparse.linalg.svds``) on ``ray_trafo.matrix()``. ``r`` is capped at
-    ``min(n_obs, n_pixels)``; keep it within the well-conditioned part of the spectrum
-    (tiny ``s_k`` dominate the sum). Zero singular values among the top ``r`` raise.
-    """
-    rank = _check_rank(rank)
-    mat = _matrix(ray_trafo)
-    m, n = mat.shape
-    rank = min(rank, m, n)
-    if m * n <= _DENSE_MAX_ENTRIES or rank >= min(m, n) - 1:
-        s = torch.linalg.svdvals(mat.to_dense().to(torch.float64))[:rank]
-    else:
-        import scipy.sparse
-        import scipy.sparse.linalg
-
-        csr = mat.to_sparse_csr()
-        sp = scipy.sparse.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(),
-                                      csr.crow_indices().numpy()), shape=(m, n))
-        s = torch.from_numpy(np.sort(scipy.sparse.linalg.svds(
-            sp, k=rank, return_singular_vectors=False, random_state=0))[::-1].copy())
-    floor = max(m, n) * torch.finfo(torch.float64).eps * float(s[0])
-    if not bool((s > floor).all()):
-        raise ValueError(f"A has fewer than rank={rank} numerically non-zero singular values "
-                         f"(> {floor:.1e}); lower rank")
-    return float(s.pow(-2).sum() / n)
-
-
 def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
                             variance_factor: float, *, cg_tol: float = 1e-10) -> float:
     """Closed-form maximiser of the evidence ``log N(y | A x̂, σ_y² (I + c_A A Aᵀ))`` in ``σ_y²``.
@@ -145,7 +113,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
 
     Args:
         y: ``(1, 1, n_angles, n_det)`` measurement; recon: ``(1, 1, H, W)`` DIP output.
-        variance_factor: ``c_A`` from :func:`pseudo_inverse_diag_mean` (``> 0``).
+        variance_factor: ``c_A = image_noise_variance(ray_trafo, 1.0, rank)`` (``> 0``).
     """
     c = _check_positive(variance_factor, "variance_factor")
     recon = _check_recon(recon, ray_trafo)
@@ -161,7 +129,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
     r = (y.detach().to(torch.float64) - ray_trafo.A(x64)).reshape(-1)
     m, n = r.numel(), x64.numel()
     if m * n <= _DENSE_MAX_ENTRIES:
-        a = _matrix(ray_trafo).to_dense().to(device=r.device, dtype=torch.float64)
+        a = apply_ray_trafo(ray_trafo, torch.eye(n, dtype=torch.float64, device=r.device))
         gram = c * (a @ a.T)
         gram.diagonal().add_(1.0)
         chol = torch.linalg.cholesky(gram)
@@ -169,10 +137,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
         quad = float(white.square().sum())
     else:
         def matmul(v: Tensor) -> Tensor:  # (m, k) -> (I + c A Aᵀ) v
-            k = v.shape[1]
-            sino = v.T.reshape(k, 1, *obs_shape)
-            back = ray_trafo.A(ray_trafo.A_adjoint(sino))
-            return v + c * back.reshape(k, m).T
+            return v + c * apply_ray_trafo(ray_trafo, apply_ray_trafo_adjoint(ray_trafo, v))
 
         sol, info = pcg(matmul, r[:, None], tol=cg_tol)
         if not info.converged:
@@ -180,6 +145,13 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
                                f"{float(info.residual_norms.max()):.2e}); raise cg_tol")
         quad = float(r @ sol[:, 0])
     return quad / m
+
+
+def _variance_factor(ray_trafo: nn.Module, variance_factor: float | None, rank: int) -> float:
+    """The given ``c_A`` (checked) or ``image_noise_variance(ray_trafo, 1.0, rank)``."""
+    if variance_factor is not None:
+        return _check_positive(variance_factor, "variance_factor")
+    return image_noise_variance(ray_trafo, 1.0, _check_rank(rank))
 
 
 def homoscedastic_predictive(recon: Tensor, noise_variance: float,
@@ -198,11 +170,10 @@ def dip_fixed_predictive(recon: Tensor, ray_trafo: nn.Module, *, noise_variance:
     """DIP (σ² = 1): ``N(x̂, σ_y² c_A I)`` with a fixed ``σ_y²`` (default 1).
 
     ``variance_factor``: a precomputed ``c_A`` for ``ray_trafo`` (saves the SVD across
-    images of one geometry); default ``pseudo_inverse_diag_mean(ray_trafo, rank)``.
+    images of one geometry); default ``image_noise_variance(ray_trafo, 1.0, rank)``.
     """
     recon = _check_recon(recon, ray_trafo)
-    c = (pseudo_inverse_diag_mean(ray_trafo, rank) if variance_factor is None
-         else variance_factor)
+    c = _variance_factor(ray_trafo, variance_factor, rank)
     return homoscedastic_predictive(recon, noise_variance, c)
 
 
@@ -213,12 +184,13 @@ def dip_evidence_predictive(recon: Tensor, ray_trafo: nn.Module, y: Tensor, *,
     """DIP (evidence σ²): ``N(x̂, σ_y² c_A I)`` with an evidence-optimised ``σ_y²``.
 
     ``noise_variance``: ``σ_y²`` from the linearised DIP's evidence maximisation (the
-    paper's "DIP (MLL σ²)"); ``None``: :func:`evidence_noise_variance` of this baseline's
-    own linear-Gaussian model. ``recon`` ``(1, 1, H, W)``, ``y`` ``(1, 1, n_angles, n_det)``.
+    paper's "DIP (MLL σ²)": ``UncertaintyResult.noise_variance`` or
+    ``EvidenceResult.noise_variance`` of :mod:`bayes_dip.linearized` with the MLL objective);
+    ``None``: :func:`evidence_noise_variance` of this baseline's own linear-Gaussian model. ``recon`` ``(1, 1, H, W)``, ``y`` ``(1, 1, n_angles, n_det)``;
+    ``variance_factor``, ``rank``: as for :func:`dip_fixed_predictive`.
     """
     recon = _check_recon(recon, ray_trafo)
-    c = (pseudo_inverse_diag_mean(ray_trafo, rank) if variance_factor is None
-         else _check_positive(variance_factor, "variance_factor"))
+    c = _variance_factor(ray_trafo, variance_factor, rank)
     if noise_variance is None:
         noise_variance = evidence_noise_variance(ray_trafo, y, recon, c)
     return homoscedastic_predictive(recon, noise_variance, c)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
-from bayes_dip.metrics import (LogLikelihood, log_likelihood_diagonal, log_likelihood_full,
+from bayes_dip.metrics import (log_likelihood_diagonal, log_likelihood_full,
                                log_likelihood_patchwise)
 
 from ._moments import PatchCovariances, PatchGrouping, StreamingMoments
@@ -72,31 +72,30 @@ class SamplePredictive:
     samples: Tensor | None = None
     seconds: float = 0.0
 
-    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None,
-                       ) -> LogLikelihood:
+    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None) -> float:
         """Test log-likelihood per pixel of ``ground_truth`` ``(1, 1, H, W)``.
 
         ``patch_size``: ``None`` for the full covariance, 1 for the diagonal, ``p > 1`` for
-        the stored patch covariances of size ``p``.
+        the stored patch covariances of size ``p``. (The metrics functions called here also
+        report any diagonal jitter they needed; call them directly to see it.)
         """
         if not bool((self.std > 0).all()):
             raise ValueError(f"{int((self.std <= 0).sum())} pixels have zero predictive variance "
                              "(e.g. saturated sigmoid outputs); pass added_variance > 0 to "
-                             "mcdo_predictive, e.g. the image-noise term σ_y² · "
-                             "pseudo_inverse_diag_mean(ray_trafo)")
+                             "mcdo_predictive, e.g. the image-noise term "
+                             "bayes_dip.linearized.image_noise_variance(ray_trafo, σ_y²)")
         if patch_size is None:
             if self.covariance is None:
                 raise ValueError("covariance was not computed; pass full_covariance=True to "
                                  "mcdo_predictive or choose a patch_size")
-            return log_likelihood_full(self.mean, self.covariance, ground_truth)
+            return log_likelihood_full(self.mean, self.covariance, ground_truth).per_pixel
         if patch_size == 1:
-            return LogLikelihood(log_likelihood_diagonal(self.mean, self.std,
-                                                         _as_like(ground_truth, self.mean)), 0.0)
+            return log_likelihood_diagonal(self.mean, self.std, _as_like(ground_truth, self.mean))
         if patch_size not in self.patch_covariances:
             raise ValueError(f"patch_size {patch_size!r} has no stored patch covariances; "
                              f"available: None (full), 1, {sorted(self.patch_covariances)}")
         return log_likelihood_patchwise(self.mean, ground_truth, patch_size,
-                                        covariances=self.patch_covariances[patch_size])
+                                        covariances=self.patch_covariances[patch_size]).per_pixel
 
 
 def _as_like(x: Tensor, like: Tensor) -> Tensor:
@@ -376,6 +375,6 @@ def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tens
             moments.update(out.reshape(out.shape[0], n))
             if count == stops[j]:
                 pred = _predictive(moments, im_shape, added_variance, None, 0.0)
-                lls[i, j] = pred.log_likelihood(ground_truth, patch_size).per_pixel
+                lls[i, j] = pred.log_likelihood(ground_truth, patch_size)
                 j += 1
     return SampleCountStability(np.array(stops), np.array(seed_list), lls)
