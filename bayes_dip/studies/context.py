@@ -20,7 +20,8 @@ class MethodContext:
     Attributes: ``problem``, ``config``, ``setting``, ``image_id``, ``device``,
     ``ray_trafo``, ``y`` (sinogram), ``fbp``, ``ground_truth`` (or ``None``) on ``device``,
     ``cache_dir`` (checkpoints of this image), ``progress``, ``shared`` (a dict kept across
-    the images of a study, e.g. for quantities of one geometry).
+    the images of a study, e.g. for quantities of one geometry), ``image_cache`` (a dict
+    for objects the methods of this image share).
     """
 
     def __init__(self, problem: CTProblem, config: StudyConfig, setting: Setting, image_id: str,
@@ -39,6 +40,7 @@ class MethodContext:
         gt = problem.ground_truth
         self.ground_truth = None if gt is None else gt.to(self.device)
         self.shared = {} if shared is None else shared
+        self.image_cache: dict = {}
         self._dip: DIPResult | None = None
 
     def unet(self, dropout_p: float = 0.0) -> nn.Module | None:

@@ -209,8 +209,15 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
     dip = ctx.dip()
     ev = dict(ctx.config.evidence)
     model_options = {k: ev.pop(k) for k in _LIN_MODEL_KEYS if k in ev}
-    lin = LinearizedDIP(dip.net, dip.net_input, ctx.ray_trafo, ctx.y, recon=dip.recon,
-                        gamma=ctx.config.dip.gamma, **model_options)
+    if "linearized" not in ctx.image_cache:
+        # one linearisation per image (its Jacobian structure is reused by MLL and TV-MAP);
+        # each method starts from the initial hyperparameters
+        lin = LinearizedDIP(dip.net, dip.net_input, ctx.ray_trafo, ctx.y, recon=dip.recon,
+                            gamma=ctx.config.dip.gamma, **model_options)
+        initial = {k: v.detach().clone() for k, v in lin.model.state_dict().items()}
+        ctx.image_cache["linearized"] = (lin, initial)
+    lin, initial = ctx.image_cache["linearized"]
+    lin.model.load_state_dict(initial)
     mode, steps = ev.pop("mode", "auto"), ev.pop("steps", None)
     weights = ev.pop("weights", "map")
     tv = ctx.config.tvmap
