@@ -1,0 +1,113 @@
+"""`bayes-dip reconstruct`: end-to-end smoke run and one clear error per kind of bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from bayes_dip.cli import main
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["reconstruct", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _fails_cleanly(capsys, tmp_path, *args: str, expect: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, *args, "--out", str(out), "--quiet")
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for word in expect:
+        assert word in err, err
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_kmnist_end_to_end(capsys, tmp_path, data_root):
+    out = tmp_path / "run"
+    code, stdout, _ = _run(capsys, "--kmnist", "0", "--data-root", str(data_root), "--angles", "10",
+                           "--iterations", "30", "--out", str(out), "--quiet", "--no-uncertainty")
+    assert code == 0, stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problem"]["angles"] == 10 and metrics["dip"]["iterations"] == 30
+    assert np.isfinite(metrics["dip_quality"]["psnr"])
+    recon = np.load(out / "reconstruction.npy")
+    assert recon.shape == (28, 28) and np.isfinite(recon).all()
+    assert (out / "reconstruction.png").stat().st_size > 0
+    assert "PSNR" in stdout
+
+
+def test_yaml_config_and_flag_precedence(capsys, tmp_path, data_root):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"kmnist: 1\ndata-root: {data_root}\nangles: 7\niterations: 5\nuncertainty: false\n")
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "--config", str(cfg), "--angles", "8", "--out", str(out), "--quiet")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problem"]["angles"] == 8 and metrics["problem"]["source"] == "kmnist:1"
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("angels: 7\n")
+    _fails_cleanly(capsys, tmp_path, "--config", str(cfg), expect=("--config", "angels"))
+
+
+def test_non_square_image(capsys, tmp_path):
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(path)
+    _fails_cleanly(capsys, tmp_path, "--image", str(path), expect=("--image", "square"))
+
+
+def test_unreadable_image(capsys, tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png")
+    _fails_cleanly(capsys, tmp_path, "--image", str(path), expect=("--image",))
+
+
+def test_wrong_array_shape_and_dtype(capsys, tmp_path):
+    path = tmp_path / "volume.npy"
+    np.save(path, np.zeros((4, 8, 8)))
+    _fails_cleanly(capsys, tmp_path, "--image", str(path), expect=("--image",))
+    path = tmp_path / "complex.npy"
+    np.save(path, np.zeros((8, 8), dtype=np.complex64))
+    _fails_cleanly(capsys, tmp_path, "--image", str(path), expect=("--image",))
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    _fails_cleanly(capsys, tmp_path, "--kmnist", "0", "--data-root", str(tmp_path / "nowhere"),
+                   expect=("--kmnist", "nowhere"))
+
+
+def _htc_mat(path, sinogram, angles_deg):
+    params = dict(angles=angles_deg, distanceSourceOrigin=410.66, distanceSourceDetector=553.74,
+                  effectivePixelSizePost=0.1483, geometricMagnification=553.74 / 410.66,
+                  numDetectorsPost=sinogram.shape[1])
+    scipy.io.savemat(path, {"CtDataLimited": {"sinogram": sinogram, "parameters": params}})
+
+
+def test_nan_in_sinogram(capsys, tmp_path):
+    sino = np.ones((5, 560))
+    sino[2, 7] = np.nan
+    _htc_mat(tmp_path / "scan.mat", sino, np.arange(5.0))
+    _fails_cleanly(capsys, tmp_path, "--htc2022", str(tmp_path / "scan.mat"), expect=("--htc2022", "NaN"))
+
+
+def test_angles_not_matching_sinogram_rows(capsys, tmp_path):
+    _htc_mat(tmp_path / "scan.mat", np.ones((5, 560)), np.arange(6.0))
+    _fails_cleanly(capsys, tmp_path, "--htc2022", str(tmp_path / "scan.mat"), expect=("--htc2022", "angles"))
+
+
+@pytest.mark.parametrize("args, expect", [
+    (("--angles", "0"), ("angles",)),
+    (("--noise", "-0.1"), ("noise",)),
+    (("--iterations", "-5"), ("iterations",)),
+    (("--device", "cuda:7"), ("device",)),
+])
+def test_bad_numbers(capsys, tmp_path, args, expect):
+    _fails_cleanly(capsys, tmp_path, *args, expect=expect)
