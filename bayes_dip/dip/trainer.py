@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bayes_dip.ct import fbp
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DIPConfig
 from .tv import tv_loss
@@ -125,7 +127,7 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
         ground_truth = _check_image(ground_truth, "ground_truth", y.shape[0], im_shape)
         ground_truth = ground_truth.detach().to(**factory)
     if net_input is None:
-        net_input = _fbp_input(ray_trafo, y, config.fbp_filter)
+        net_input = fbp(ray_trafo, y, filter_type=config.fbp_filter)
     else:
         net_input = _check_image(net_input, "net_input", y.shape[0], im_shape)
     net_input = net_input.detach().to(**factory)
@@ -155,6 +157,9 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                    dynamic_ncols=True)
         try:
             for it in range(start, total):
+                if it <= config.lr_warmup:
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * min(1.0, (it + 1) / max(config.lr_warmup, 1))
                 optimizer.zero_grad(set_to_none=True)
                 out = net(net_input)
                 loss = dip_loss(ray_trafo, out, y, config.gamma)
@@ -222,12 +227,6 @@ def _check_image(x: Tensor, name: str, batch: int, im_shape: tuple[int, ...]) ->
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return x
-
-
-def _fbp_input(ray_trafo: nn.Module, y: Tensor, filter_type: str) -> Tensor:
-    from bayes_dip.ct import fbp
-
-    return fbp(ray_trafo, y, filter_type=filter_type)
 
 
 def _prepare_net(net: nn.Module | None, config: DIPConfig, im_shape: tuple[int, ...],
