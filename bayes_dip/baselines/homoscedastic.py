@@ -36,7 +36,7 @@ __all__ = ["HomoscedasticPredictive", "evidence_noise_variance", "homoscedastic_
 DEFAULT_RANK = 100
 """Singular values of ``A`` kept in the pseudo-inverse (the original code's truncation)."""
 
-_DENSE_MAX_ENTRIES = 2**24  # dense A (float64, 128 MiB) up to this many entries
+_DENSE_MAX_ENTRIES = 2**22  # dense I + c A Aᵀ (Cholesky) up to this many entries of A; else CG
 _LOG_2PI = math.log(2.0 * math.pi)
 
 

@@ -9,6 +9,14 @@ the covariances of image patches (large images; the patches of
 :func:`bayes_dip.metrics.image_patches`). Its fields feed the metrics directly:
 ``log_likelihood_diagonal(p.mean, p.std, gt)``, ``log_likelihood_full(p.mean, p.covariance,
 gt)``, ``log_likelihood_patchwise(p.mean, gt, k, covariances=p.patch_covariances[k])``.
+
+Image-noise term: the dropout spread alone is degenerate for the log-likelihood. Pixels
+whose sigmoid pre-activation stays beyond the clamp under every mask have exactly zero
+sample variance, and the spread is tiny next to the reconstruction error (KMNIST test
+image 0, 20 angles, 5 % noise, 10k iterations: median std 0.0024, 132 of 784 pixels at
+zero, RMSE ≈ 0.056). The original code's density script adds the image-noise term
+``σ_y² · c_A`` with ``σ_y² = 1`` to the MCDO covariance, as for DIP (σ² = 1); to do the
+same pass ``added_variance=bayes_dip.linearized.image_noise_variance(ray_trafo, 1.0)``.
 """
 from __future__ import annotations
 
@@ -251,7 +259,8 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
         full_covariance: keep the dense ``(H·W, H·W)`` covariance; default: iff
             ``H·W <= 4096``.
         patch_sizes: patch sizes ``p >= 1`` whose patch covariances to keep (e.g. (2, 10)).
-        added_variance: ``>= 0`` added to every pixel variance (all covariances and ``std``).
+        added_variance: ``>= 0`` added to every pixel variance (all covariances and ``std``);
+            see the module docstring for the image-noise term the paper adds.
         store_samples: also return the samples ``(S, 1, H, W)``.
         progress: tqdm bar.
     """
