@@ -212,7 +212,7 @@ class LinearizedDIP:
         else:
             samples = pred.samples
         return UncertaintyResult(pred.mean, pred.std(), samples, self.model.prior.hyperparameters(),
-                                 float(self.model.noise_variance), pred.image_noise, mode, pred,
+                                 float(self.model.noise_variance.detach()), pred.image_noise, mode, pred,
                                  self.evidence, dict(self.seconds))
 
 

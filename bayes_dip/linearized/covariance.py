@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bayes_dip.linalg import NystromPreconditioner
 
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
-from .priors import WeightPrior, distance_classes
+from .priors import KERNEL_JITTER, WeightLayout, WeightPrior, distance_classes
 
 __all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance",
            "joint_block_basis"]
@@ -122,7 +122,7 @@ class ObservationCovariance:
         """Randomized Nyström ``P = U Λ Uᵀ + σ_y² I ≈ K_yy`` (``rank + oversample`` products)."""
         with torch.no_grad():
             return NystromPreconditioner(self.matmul_noiseless, self.shape[0], rank,
-                                         shift=float(self.noise_variance), generator=generator,
+                                         shift=float(self.noise_variance.detach()), generator=generator,
                                          oversample=oversample, dtype=self.dtype, device=self.device)
 
 
@@ -200,9 +200,16 @@ class StructuredCovariance:
     ``N_t = A M_t Aᵀ`` are kept lower-packed, ``(T, n_obs (n_obs + 1) / 2)``. All float64.
     """
 
-    def __init__(self, terms: list[tuple[int, int]], image_grams: Tensor, obs_grams: Tensor,
-                 n_obs: int, im_shape: tuple[int, int], ray_trafo):
+    def __init__(self, terms: list[tuple[int, int]], radii: list[float], layout: WeightLayout,
+                 image_grams: Tensor, obs_grams: Tensor, n_obs: int, im_shape: tuple[int, int],
+                 ray_trafo):
         self.terms = terms
+        gp = {d: i for i, d in enumerate(layout.gp_indices)}
+        device = obs_grams.device
+        self._num_blocks = len(layout.blocks)
+        self._block_idx = torch.tensor([d for d, _ in terms], device=device)
+        self._gp_idx = torch.tensor([gp[d] if c >= 0 else -1 for d, c in terms], device=device)
+        self._radius = torch.tensor(radii, dtype=obs_grams.dtype, device=device)
         self.image_grams = image_grams
         self.obs_grams = obs_grams
         self.n_obs = n_obs
@@ -243,11 +250,12 @@ class StructuredCovariance:
                     buf[i:i + c] = part.mT
         del eye
         terms: list[tuple[int, int]] = []
+        radii: list[float] = []
         grams: list[Tensor] = []
         for d, (block, buf) in enumerate(zip(layout.blocks, bufs)):
             bufs[d] = None  # type: ignore[call-overload]  # free as we go
             if block.kind == "gp":
-                mats = distance_classes(block.kernel_size, f64, jac.device)[1]
+                block_radii, mats = distance_classes(block.kernel_size, f64, jac.device)
                 basis, groups = joint_block_basis(mats.cpu())
                 coef = basis.mT @ mats.cpu() @ basis  # (C, m, m), block diagonal
                 coef = coef.to(jac.device)
@@ -267,11 +275,13 @@ class StructuredCovariance:
                             gram += coef[:, i, j, None, None] * prod
                 del rot
                 terms += [(d, c) for c in range(mats.shape[0])]
+                radii += block_radii.tolist()
                 grams.append(gram)
             else:
                 jd = buf.to(f64)
                 del buf
                 terms.append((d, -1))
+                radii.append(0.0)
                 grams.append((jd @ jd.mT).unsqueeze(0))
         image_grams = torch.cat(grams)
         del grams
@@ -281,25 +291,19 @@ class StructuredCovariance:
         for t in range(len(terms)):
             am = apply_ray_trafo(ray_trafo, image_grams[t])  # A M (M symmetric)
             obs[t] = apply_ray_trafo(ray_trafo, am.mT)[rows, cols]  # A (A M)ᵀ = A M Aᵀ
-        return cls(terms, image_grams, obs, n_obs, jac.im_shape, ray_trafo)
+        return cls(terms, radii, layout, image_grams, obs, n_obs, jac.im_shape, ray_trafo)
 
     def weights(self, prior: WeightPrior) -> Tensor:
         """``w_t(h)`` ``(T,)``: ``σ_d² κ_c(ℓ_d)`` (GP) or ``σ_d²`` (Normal); differentiable."""
-        gp = {d: i for i, d in enumerate(prior.layout.gp_indices)}
-        var = prior.variances
-        parts, d_prev = [], None
-        for d, c in self.terms:
-            if d == d_prev:
-                continue
-            d_prev = d
-            if c < 0:
-                parts.append(var[d:d + 1])
-            else:
-                parts.append(var[d] * prior.class_weights(gp[d]))
-        w = torch.cat(parts)
-        if w.shape[0] != len(self.terms):
+        if prior.log_variance.numel() != self._num_blocks:
             raise ValueError("prior does not match the structure this covariance was built for")
-        return w.to(self.obs_grams.dtype)
+        var = prior.variances[self._block_idx]
+        if prior.log_lengthscale.numel() == 0:
+            return var.to(self.obs_grams.dtype)
+        ell = prior.lengthscales[self._gp_idx.clamp_min(0)]
+        kappa = torch.exp(-self._radius / ell) + KERNEL_JITTER * (self._radius == 0)
+        return (var * torch.where(self._gp_idx >= 0, kappa, torch.ones_like(kappa))).to(
+            self.obs_grams.dtype)
 
     def image_covariance(self, prior: WeightPrior) -> Tensor:
         """``J Σ_θ Jᵀ`` ``(n_pix, n_pix)``."""

@@ -127,7 +127,7 @@ def negative_log_evidence(model: LinearizedModel, structured: StructuredCovarian
         residual = model.residual
         value = structured.gaussian_nll(model.prior, nv)
         value = value + 0.5 * residual.square().sum() / nv
-        return value + 0.5 * model.prior.quadratic(model.jac.theta) + const
+        return value + 0.5 * model.prior.quadratic(scatter=model.theta_scatter) + const
     residual = model.prior_mean_residual
     return structured.gaussian_nll(model.prior, nv, residual) + const
 
@@ -149,7 +149,7 @@ class _StochasticObjective:
         if self.precond is None:
             return None
         return LowRankPreconditioner(self.precond.eigvecs, self.precond.eigvals,
-                                     float(self.model.noise_variance))
+                                     float(self.model.noise_variance.detach()))
 
     def _bilinear(self, a: Tensor, b: Tensor) -> Tensor:
         """``Σ_i a_iᵀ K_yy(h) b_i`` for columns ``a, b (n_obs, k)`` (differentiable in ``h``)."""
@@ -183,7 +183,7 @@ class _StochasticObjective:
         nv = model.noise_variance
         if cfg.weights == "map":
             residual = model.residual
-            fit = 0.5 * residual.square().sum() / nv + 0.5 * model.prior.quadratic(model.jac.theta)
+            fit = 0.5 * residual.square().sum() / nv + 0.5 * model.prior.quadratic(scatter=model.theta_scatter)
         else:
             alpha = sol[:, s:]
             r = model.prior_mean_residual
@@ -256,7 +256,7 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
         optimizer.step()
         _record(history, objective, nle_value, pc, model, stats, elapsed + time.perf_counter() - t0)
         if config.progress:
-            post = {"nle/obs": f"{nle_value:.4g}", "σ_y²": f"{float(model.noise_variance):.3g}"}
+            post = {"nle/obs": f"{nle_value:.4g}", "σ_y²": f"{float(model.noise_variance.detach()):.3g}"}
             if stochastic is not None:
                 post.update(cg_it=int(stats["cg_iterations"]), cg_res=f"{stats['cg_residual']:.1e}")
             bar.set_postfix(post, refresh=False)
@@ -265,7 +265,7 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                   elapsed + time.perf_counter() - t0)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
-    return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance),
+    return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance.detach()),
                           config.steps, seconds, history)
 
 
@@ -274,7 +274,7 @@ def _record(history: dict[str, list[float]], objective: Tensor, nle: float, pc: 
     history["objective"].append(float(objective.detach()))
     history["neg_log_evidence"].append(nle)
     history["predcp"].append(float(pc.detach()) if pc is not None else float("nan"))
-    history["noise_variance"].append(float(model.noise_variance))
+    history["noise_variance"].append(float(model.noise_variance.detach()))
     history["cg_iterations"].append(stats["cg_iterations"])
     history["cg_residual"].append(stats["cg_residual"])
     history["seconds"].append(seconds)

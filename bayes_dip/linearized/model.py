@@ -54,6 +54,11 @@ class LinearizedModel(nn.Module):
         return self.y_flat.numel()
 
     @cached_property
+    def theta_scatter(self) -> list[Tensor]:
+        """:meth:`WeightPrior.scatter` of ``θ̂`` (for the weight-norm term)."""
+        return self.prior.scatter(self.jac.theta)
+
+    @cached_property
     def residual(self) -> Tensor:
         """``y − A x̂`` ``(n_obs,)`` float64."""
         with torch.no_grad():

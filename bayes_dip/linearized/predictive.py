@@ -61,7 +61,7 @@ def image_noise_variance(ray_trafo, noise_variance: float, rank: int = 100, rcon
 
 def _resolve_noise(model: LinearizedModel, image_noise: float | str) -> float:
     if image_noise == "auto":
-        return image_noise_variance(model.ray_trafo, float(model.noise_variance))
+        return image_noise_variance(model.ray_trafo, float(model.noise_variance.detach()))
     if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) or image_noise < 0:
         raise ValueError(f"image_noise must be 'auto' or a number >= 0, got {image_noise!r}")
     return float(image_noise)

@@ -207,9 +207,9 @@ class WeightPrior(nn.Module):
         out: dict[str, dict[str, float]] = {}
         gp = {d: i for i, d in enumerate(self.layout.gp_indices)}
         for d, block in enumerate(self.layout.blocks):
-            out[block.name] = {"variance": float(self.variances[d])}
+            out[block.name] = {"variance": float(self.variances[d].detach())}
             if d in gp:
-                out[block.name]["lengthscale"] = float(self.lengthscales[gp[d]])
+                out[block.name]["lengthscale"] = float(self.lengthscales[gp[d]].detach())
         return out
 
     def class_weights(self, gp_index: int) -> Tensor:
@@ -302,23 +302,49 @@ class WeightPrior(nn.Module):
                           device=self.log_variance.device)
         return self.sqrt_matmul(eps)
 
-    def quadratic(self, theta: Tensor) -> Tensor:
-        """``θᵀ Σ_θ⁻¹ θ`` for ``θ (P,)``; differentiable in the hyperparameters, ``O(P m²)``."""
+    def scatter(self, theta: Tensor) -> list[Tensor]:
+        """Per block the sufficient statistic of ``θ`` for :meth:`quadratic` (detached):
+        ``Θ_dᵀ Θ_d (m, m)`` over the filters ``Θ_d (F, m)`` (GP) or ``‖θ_d‖²`` (Normal),
+        after dividing by the g-prior scaling."""
         if not isinstance(theta, Tensor) or theta.shape != (self.layout.num_params,):
             raise ValueError(f"theta must have shape ({self.layout.num_params},)")
-        theta = theta.to(self.log_variance.dtype)
+        theta = theta.detach().to(self.log_variance.dtype)
         if self.weight_scale is not None:
             theta = theta / self.weight_scale
-        total = theta.new_zeros(())
-        for block, fac, part in zip(self.layout.blocks, self.block_factors("cov"),
-                                    self.layout.split(theta)):
-            if fac.dim() == 0:
-                total = total + part.square().sum() / fac
+        out = []
+        for block, part in zip(self.layout.blocks, self.layout.split(theta)):
+            if block.kind == "gp":
+                filt = part.reshape(block.num_filters, block.filter_numel)
+                out.append(filt.mT @ filt)
             else:
-                filt = part.reshape(block.num_filters, fac.shape[0])
-                scatter = filt.mT @ filt
-                chol = torch.linalg.cholesky(fac)
-                total = total + torch.cholesky_solve(scatter, chol).diagonal().sum()
+                out.append(part.square().sum())
+        return out
+
+    def quadratic(self, theta: Tensor | None = None, *, scatter: list[Tensor] | None = None) -> Tensor:
+        """``θᵀ Σ_θ⁻¹ θ`` for ``θ (P,)`` (or its precomputed :meth:`scatter`); differentiable in
+        the hyperparameters; ``O(n_blocks m³)`` given the scatter."""
+        if (theta is None) == (scatter is None):
+            raise ValueError("give exactly one of theta and scatter")
+        if scatter is None:
+            scatter = self.scatter(theta)
+        if len(scatter) != len(self.layout.blocks):
+            raise ValueError(f"scatter must have {len(self.layout.blocks)} entries")
+        var = self.variances
+        normal = [d for d, b in enumerate(self.layout.blocks) if b.kind == "normal"]
+        total = var.new_zeros(())
+        if normal:
+            total = total + (torch.stack([scatter[d] for d in normal]) / var[normal]).sum()
+        gp = list(self.layout.gp_indices)
+        for k in sorted({self.layout.blocks[d].kernel_size for d in gp}):
+            idx = [i for i, d in enumerate(gp) if self.layout.blocks[d].kernel_size == k]
+            blocks = [gp[i] for i in idx]
+            dist = getattr(self, f"_dist_{k}")
+            eye = torch.eye(dist.shape[0], dtype=dist.dtype, device=dist.device)
+            kern = torch.exp(-dist / self.lengthscales[idx, None, None]) + KERNEL_JITTER * eye
+            chol = torch.linalg.cholesky(kern)
+            stats = torch.stack([scatter[d] for d in blocks])
+            traces = torch.cholesky_solve(stats, chol).diagonal(dim1=-2, dim2=-1).sum(-1)
+            total = total + (traces / var[blocks]).sum()
         return total
 
     def logdet(self) -> Tensor:

@@ -1,0 +1,88 @@
+"""The one-call API: LinearizedDIP / estimate_uncertainty on a tiny problem."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayes_dip.ct import ParallelBeamGeometry, RayTransform
+from bayes_dip.dip import UNet
+from bayes_dip.linearized import (EvidenceConfig, ExactPredictive, LinearizedDIP,
+                                  SampledPredictive, estimate_uncertainty)
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    net = UNet(channels=(3, 4), skip_channels=(0, 2)).double()
+    x = torch.rand(1, 1, 8, 8, dtype=F64)
+    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
+    with torch.no_grad():
+        truth = net(x)
+    y = rt.A(truth) + 0.02 * torch.randn(1, 1, *rt.obs_shape, dtype=F64)
+    return net, x, rt, y, truth
+
+
+def test_exact_mll_and_tv_map(problem):
+    net, x, rt, y, truth = problem
+    lin = LinearizedDIP(net, x, rt, y, gamma=1e-3)
+    assert lin.resolve_mode("auto") == "exact"
+    mll = lin.optimize_hyperparameters(steps=40, progress=False)
+    assert mll.history["neg_log_evidence"][-1] < mll.history["neg_log_evidence"][0]
+    result = lin.estimate_uncertainty(num_samples=5)
+    assert result.mode == "exact" and isinstance(result.predictive, ExactPredictive)
+    assert result.std.shape == (1, 1, 8, 8) and result.samples.shape == (5, 1, 8, 8)
+    assert bool((result.std > 0).all())
+    assert set(result.hyperparameters) == {"inc", "down_0", "up_0", "skip_0", "outc"}
+    assert result.noise_variance == pytest.approx(mll.noise_variance)
+    assert math.isfinite(result.log_likelihood(truth))
+    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    assert {"structure", "evidence", "predictive"} <= set(result.seconds)
+
+    tv_map = LinearizedDIP(net, x, rt, y, gamma=1e-3)
+    res = tv_map.optimize_hyperparameters("exact", predcp_scale=1.0, steps=40, progress=False)
+    assert all(math.isfinite(v) for v in res.history["predcp"])
+    # the PredCP prior pulls the GP lengthscales apart from the MLL solution
+    assert res.hyperparameters["down_0"]["lengthscale"] != pytest.approx(
+        mll.hyperparameters["down_0"]["lengthscale"], rel=1e-3)
+
+
+def test_stochastic_mode_and_one_call(problem, tmp_path):
+    net, x, rt, y, truth = problem
+    result = estimate_uncertainty(net, x, rt, y, gamma=1e-3, steps=5, num_samples=4, progress=False)
+    assert result.mode == "exact" and result.evidence.steps == 5
+    lin = LinearizedDIP(net, x, rt, y, gamma=1e-3)
+    config = EvidenceConfig(num_probes=3, precond_rank=10)
+    res = lin.optimize_hyperparameters("stochastic", predcp_scale=1.0, steps=3, progress=False,
+                                       config=config, predcp_samples=2,
+                                       checkpoint_path=tmp_path / "ev.pt")
+    assert len(res.history["cg_iterations"]) == 3 and (tmp_path / "ev.pt").exists()
+    result = lin.estimate_uncertainty(num_samples=8, precond_rank=10)
+    assert result.mode == "stochastic" and isinstance(result.predictive, SampledPredictive)
+    assert result.samples.shape == (8, 1, 8, 8)
+    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    gprior = LinearizedDIP(net, x, rt, y, gprior=True)
+    assert [b.name for b in gprior.model.prior.layout.blocks] == ["gprior"]
+    assert gprior.optimize_hyperparameters(steps=3, progress=False).steps == 3
+    assert LinearizedDIP(net, x, rt, y, exact_memory=10).resolve_mode("auto") == "stochastic"
+
+
+def test_bad_inputs(problem):
+    net, x, rt, y, _ = problem
+    with pytest.raises(ValueError, match="gamma"):
+        LinearizedDIP(net, x, rt, y, gamma=-1.0)
+    lin = LinearizedDIP(net, x, rt, y)
+    with pytest.raises(ValueError, match="gamma"):
+        lin.optimize_hyperparameters(predcp_scale=1.0, steps=1, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        lin.resolve_mode("fast")
+    with pytest.raises(ValueError, match="y must have shape"):
+        LinearizedDIP(net, x, rt, y[..., 1:])
+    with pytest.raises(ValueError, match="recon"):
+        LinearizedDIP(net, x, rt, y, recon=torch.zeros(1, 1, 4, 4, dtype=F64))
+    other = RayTransform(ParallelBeamGeometry((6, 6), num_angles=5))
+    with pytest.raises(ValueError, match="im_shape"):
+        LinearizedDIP(net, x, other, other.A(torch.zeros(1, 1, 6, 6, dtype=F64)))

@@ -1,0 +1,121 @@
+"""Predictive posterior: exact = conjugate Gaussian posterior of the linear model; Matheron samples."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayes_dip.ct import ParallelBeamGeometry, RayTransform
+from bayes_dip.dip import UNet
+from bayes_dip.linearized import (LinearizedModel, NetworkJacobian, StructuredCovariance,
+                                  WeightPrior, exact_predictive, image_noise_variance,
+                                  sample_predictive)
+from bayes_dip.metrics import log_likelihood_full
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    net = UNet(channels=(3, 4), skip_channels=(0, 2)).double()
+    x = torch.rand(1, 1, 8, 8, dtype=F64)
+    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
+    jac = NetworkJacobian(net, x)
+    y = rt.A(jac.output) + 0.02 * torch.randn(1, 1, *rt.obs_shape, dtype=F64)
+    model = LinearizedModel(jac, WeightPrior(jac.layout), rt, y, noise_variance=0.05)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.prior.log_variance.copy_(torch.randn(5, generator=gen, dtype=F64) * 0.3)
+        model.prior.log_lengthscale.copy_(torch.randn(3, generator=gen, dtype=F64) * 0.3)
+    sc = StructuredCovariance.build(jac, rt, model.prior)
+    return model, sc, jac.dense(), rt.matrix().to_dense()
+
+
+def _conjugate_posterior(model, j, a):
+    """Image covariance of the weight posterior of y = A J θ + ε: J (Σ⁻¹ + (AJ)ᵀAJ/σ²)⁻¹ Jᵀ."""
+    with torch.no_grad():
+        sigma = model.prior.matmul(torch.eye(j.shape[1], dtype=F64))
+        aj = a @ j
+        post = torch.linalg.inv(torch.linalg.inv(sigma) + aj.T @ aj / float(model.noise_variance))
+        return j @ post @ j.T
+
+
+def test_exact_predictive_is_conjugate_posterior(parts):
+    model, sc, j, a = parts
+    pred = exact_predictive(model, sc, image_noise=1e-3, jitter=0.0)
+    expected = _conjugate_posterior(model, j, a) + 1e-3 * torch.eye(64, dtype=F64)
+    torch.testing.assert_close(pred.covariance, expected, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(pred.mean, model.jac.output)
+    torch.testing.assert_close(pred.std(), expected.diagonal().sqrt().reshape(1, 1, 8, 8))
+    gt = model.jac.output + 0.05 * torch.randn(1, 1, 8, 8, dtype=F64)
+    ll = pred.log_likelihood(gt)
+    assert ll.jitter == 0.0
+    assert ll.per_pixel == pytest.approx(log_likelihood_full(pred.mean, expected, gt).per_pixel)
+    # patch size 1: the diagonal Gaussian
+    diag = torch.distributions.Normal(pred.mean.reshape(-1), pred.std().reshape(-1))
+    assert pred.patch_log_likelihood(gt, 1).per_pixel == pytest.approx(
+        float(diag.log_prob(gt.reshape(-1)).mean()))
+
+
+def test_jitter_is_chosen_and_reported(parts):
+    model, sc, _, _ = parts
+    # without image noise the 64-pixel covariance has rank <= min(64, P) and tiny eigenvalues
+    pred = exact_predictive(model, sc, image_noise=0.0)
+    eig = torch.linalg.eigvalsh(pred.covariance)
+    assert float(eig[0]) >= 1e-10 * float(pred.covariance.diagonal().mean()) * (1 - 1e-6)
+    assert pred.jitter >= 0.0 and pred.image_noise == 0.0
+    auto = exact_predictive(model, sc)
+    assert auto.image_noise == pytest.approx(image_noise_variance(model.ray_trafo, 0.05, rank=100))
+    with pytest.raises(ValueError, match="jitter"):
+        exact_predictive(model, sc, jitter=-1.0)
+    with pytest.raises(ValueError, match="image_noise"):
+        exact_predictive(model, sc, image_noise="none")
+
+
+def test_image_noise_variance_formula(parts):
+    model, _, _, a = parts
+    s = torch.linalg.svdvals(a)
+    keep = s[:10][s[:10] >= 1e-3 * s[0]]
+    expected = 0.3 * float((keep ** -2).sum()) / 64
+    assert image_noise_variance(model.ray_trafo, 0.3, rank=10) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="rank"):
+        image_noise_variance(model.ray_trafo, 0.3, rank=0)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_matheron_sample_covariance_converges(parts, solver):
+    model, sc, j, a = parts
+    exact = _conjugate_posterior(model, j, a)
+    n = 6000 if solver == "cholesky" else 2000
+    pred = sample_predictive(model, n, structured=sc if solver == "cholesky" else None,
+                             image_noise=2e-3, batch_size=2000, cg_tol=1e-8, precond_rank=30,
+                             generator=torch.Generator().manual_seed(0))
+    err = (pred.samples - pred.mean).reshape(n, 64)
+    emp = err.T @ err / n
+    rel = float((emp - exact).norm() / exact.norm())
+    assert rel < 3 * math.sqrt(2 / n)  # Monte-Carlo error ~ √(2/n)
+    if solver == "cg":
+        assert all(info.converged for info in pred.cg)
+    std = pred.std()
+    torch.testing.assert_close(std, (exact.diagonal() + 2e-3).sqrt().reshape(1, 1, 8, 8),
+                               rtol=0.15, atol=0)
+    gt = model.jac.output + 0.05 * torch.randn(1, 1, 8, 8, dtype=F64)
+    ll2 = pred.log_likelihood(gt, patch_size=2).per_pixel
+    ll_exact = exact_predictive(model, sc, image_noise=2e-3, jitter=0.0).patch_log_likelihood(gt, 2)
+    assert ll2 == pytest.approx(ll_exact.per_pixel, abs=0.15)
+    assert len(pred.patch_covariances(4)) == 4
+
+
+def test_bad_inputs(parts):
+    model, sc, _, _ = parts
+    with pytest.raises(TypeError, match="structured"):
+        exact_predictive(model, "sc")
+    with pytest.raises(ValueError, match="num_samples"):
+        sample_predictive(model, 1)
+    with pytest.raises(ValueError, match="mean"):
+        exact_predictive(model, sc, mean=torch.zeros(1, 1, 4, 4, dtype=F64))
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_predictive(model, 4, batch_size=0)
+    assert math.isfinite(exact_predictive(model, sc).log_likelihood(model.jac.output).per_pixel)
