@@ -20,7 +20,7 @@ RECONSTRUCT_DEFAULTS: dict = dict(
     image=None, kmnist=None, htc2022=None, data_root=None, size=None, angles=30, noise=0.05,
     iterations=None, gamma=None, lr=None, device="cpu", seed=0, out="outputs/reconstruct",
     quiet=False, uncertainty=True, method="lin-dip", evidence="auto", evidence_steps=None,
-    predcp_scale=1.0, samples=16,
+    predcp_scale=1.0, samples=16, mcdo_samples=None,
 )
 
 
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     unc = rec.add_argument_group("uncertainty")
     unc.add_argument("--no-uncertainty", dest="uncertainty", action="store_false", default=None,
                      help="reconstruction only")
-    unc.add_argument("--method", choices=("lin-dip",),
-                     help="uncertainty method (default lin-dip: linearised DIP)")
+    unc.add_argument("--method", choices=("lin-dip", "mcdo", "dip"),
+                     help="lin-dip: linearised DIP (default); mcdo: MC-dropout DIP; "
+                          "dip: DIP with a homoscedastic evidence-optimised variance")
     unc.add_argument("--evidence", choices=("auto", "exact", "stochastic"),
                      help="evidence of the linearised DIP: exact (small images) or stochastic "
                           "(Hutchinson + CG); default auto by size")
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     unc.add_argument("--predcp-scale", type=float,
                      help="TV-PredCP hyperprior scale (TV-MAP; default 1); 0 for plain MLL")
     unc.add_argument("--samples", type=int, help="posterior samples to write (default 16)")
+    unc.add_argument("--mcdo-samples", type=int,
+                     help="dropout samples of the MC-dropout predictive (default 4096)")
     return parser
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,11 +15,13 @@ from bayes_dip.dip import DIPConfig, reconstruct_dip
 from bayes_dip.metrics import psnr, ssim
 from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
-from bayes_dip.linearized import UncertaintyResult, estimate_uncertainty
+from bayes_dip.baselines import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, dip_evidence_predictive,
+                                 fit_mcdo, mcdo_predictive)
+from bayes_dip.linearized import estimate_uncertainty, image_noise_variance
 from bayes_dip.metrics import coverage_curve
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels
 
-__all__ = ["run_reconstruct", "default_dip_config"]
+__all__ = ["run_reconstruct", "default_dip_config", "METHODS"]
 
 
 def default_dip_config(image_size: int, **overrides) -> DIPConfig:
@@ -48,6 +52,19 @@ def _quality(x: torch.Tensor, problem: CTProblem) -> dict:
     return dict(psnr=psnr(x, gt, data_range=data_range), ssim=ssim(x, gt, data_range=data_range))
 
 
+@dataclass
+class Uncertainty:
+    """Pixelwise predictive of one method: ``mean``/``std`` ``(1, 1, H, W)``, optional samples."""
+
+    method: str
+    mean: torch.Tensor
+    std: torch.Tensor
+    samples: torch.Tensor | None
+    log_likelihood: Callable[[torch.Tensor], float]
+    info: dict
+    seconds: dict
+
+
 def run_reconstruct(settings: dict) -> dict:
     """Run the job described by ``settings`` (see :data:`bayes_dip.cli.RECONSTRUCT_DEFAULTS`).
 
@@ -55,6 +72,7 @@ def run_reconstruct(settings: dict) -> dict:
     """
     start = time.perf_counter()
     device = _device(settings["device"])
+    _check_uncertainty_settings(settings)
     source = next((k for k in ("image", "kmnist", "htc2022") if settings[k] is not None), None)
     try:
         problem = load_problem(image=settings["image"], kmnist=settings["kmnist"],
@@ -65,24 +83,29 @@ def run_reconstruct(settings: dict) -> dict:
         if source is None:
             raise
         raise type(exc)(f"--{source}: {exc}") from exc
-    size = problem.fbp.shape[-1]
-    config = default_dip_config(size, iterations=settings["iterations"], gamma=settings["gamma"],
-                                lr=settings["lr"], seed=settings["seed"])
+    config = default_dip_config(problem.fbp.shape[-1], iterations=settings["iterations"],
+                                gamma=settings["gamma"], lr=settings["lr"], seed=settings["seed"])
+    method = settings["method"] if settings["uncertainty"] else "dip"
+    if method == "mcdo":
+        config = replace(config, gamma=0.0)  # the MC-dropout baseline is trained without TV
     progress = not settings["quiet"]
-    sinogram = problem.sinogram.to(device)
+    ray_trafo = problem.ray_trafo.to(device)
+    y, net_input = problem.sinogram.to(device), problem.fbp.to(device)
     gt = problem.ground_truth
-    dip = reconstruct_dip(problem.ray_trafo.to(device), sinogram, net_input=problem.fbp.to(device),
-                          config=config, ground_truth=None if gt is None else gt.to(device),
-                          progress=progress)
-    recon = dip.recon.detach().cpu()
+    gt_device = None if gt is None else gt.to(device)
+    train = fit_mcdo if method == "mcdo" else reconstruct_dip
+    dip = train(ray_trafo, y, net_input=net_input, config=config, ground_truth=gt_device,
+                progress=progress)
 
+    uncertainty = None
+    if settings["uncertainty"]:
+        uncertainty = _UNCERTAINTY[method](settings, problem, dip, config.gamma, progress)
+    recon = (dip.recon if uncertainty is None else uncertainty.mean).detach().float().cpu()
     metrics = dict(problem=problem.info, dip=config.to_dict(),
                    fbp=_quality(problem.fbp, problem), dip_quality=_quality(recon, problem),
                    seconds=dict(dip=dip.seconds))
-    uncertainty = None
-    if settings["uncertainty"]:
-        uncertainty = _linearized_uncertainty(settings, problem, dip, config.gamma, progress)
-        metrics["uncertainty"] = _uncertainty_metrics(uncertainty, problem, settings)
+    if uncertainty is not None:
+        metrics["uncertainty"] = _uncertainty_metrics(uncertainty, problem)
         metrics["seconds"].update({f"uncertainty_{k}": v for k, v in uncertainty.seconds.items()})
     with atomic_output_folder(settings["out"]) as out:
         np.save(out / "reconstruction.npy", recon.numpy()[0, 0])
@@ -94,12 +117,14 @@ def run_reconstruct(settings: dict) -> dict:
         if uncertainty is not None:
             std = uncertainty.std.float().cpu()
             np.save(out / "std.npy", std.numpy()[0, 0])
-            np.save(out / "samples.npy", uncertainty.samples.float().cpu().numpy()[:, 0])
+            if uncertainty.samples is not None:
+                np.save(out / "samples.npy", uncertainty.samples.float().cpu().numpy()[:, 0])
             if gt is not None:
-                plot_error_vs_std({"linearised DIP": (recon, std)}, gt,
+                plot_error_vs_std({uncertainty.method: (recon, std)}, gt,
                                   units=problem.info.get("image_unit", "a.u."),
                                   save_path=out / "error_vs_std")
-        _figure(problem, recon, std, out / "reconstruction.png")
+        label = "DIP" if uncertainty is None else uncertainty.method
+        _figure(problem, label, recon, std, out / "reconstruction.png")
         metrics["seconds"]["total"] = time.perf_counter() - start
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=True))
@@ -107,29 +132,74 @@ def run_reconstruct(settings: dict) -> dict:
     return metrics
 
 
-def _linearized_uncertainty(settings: dict, problem: CTProblem, dip, gamma: float,
-                            progress: bool) -> UncertaintyResult:
-    """Evidence-optimised linearised DIP around the trained network (TV-MAP unless scale 0)."""
-    for key in ("samples", "evidence_steps"):
+def _check_uncertainty_settings(settings: dict) -> None:
+    if settings["method"] not in METHODS:
+        raise ValueError(f"--method must be one of {METHODS}, got {settings['method']!r}")
+    for key in ("samples", "evidence_steps", "mcdo_samples"):
         value = settings[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
     scale = settings["predcp_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
         raise ValueError(f"--predcp-scale must be a number >= 0, got {scale!r}")
+
+
+def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
+                progress: bool) -> Uncertainty:
+    """Evidence-optimised linearised DIP around the trained network (TV-MAP unless scale 0)."""
+    scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
-    return estimate_uncertainty(dip.net, dip.net_input, problem.ray_trafo, y, gamma=gamma,
-                                mode=settings["evidence"], predcp_scale=scale or None,
-                                steps=settings["evidence_steps"], num_samples=settings["samples"],
-                                seed=settings["seed"], progress=progress, recon=dip.recon)
+    result = estimate_uncertainty(dip.net, dip.net_input, problem.ray_trafo, y, gamma=gamma,
+                                  mode=settings["evidence"], predcp_scale=scale or None,
+                                  steps=settings["evidence_steps"],
+                                  num_samples=settings["samples"], seed=settings["seed"],
+                                  progress=progress, recon=dip.recon)
+    info = dict(mode=result.mode, prior="TV-MAP" if scale else "MLL",
+                noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
+                hyperparameters=result.hyperparameters)
+    return Uncertainty("linearised DIP", result.mean, result.std, result.samples,
+                       result.log_likelihood, info, result.seconds)
 
 
-def _uncertainty_metrics(result: UncertaintyResult, problem: CTProblem, settings: dict) -> dict:
-    out = dict(method="linearised DIP", mode=result.mode,
-               prior="TV-MAP" if settings["predcp_scale"] else "MLL",
-               noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
-               hyperparameters=result.hyperparameters,
-               mean_std=float(result.std.mean()))
+def _mcdo(settings: dict, problem: CTProblem, dip, gamma: float, progress: bool) -> Uncertainty:
+    """MC-dropout: Gaussian fitted to dropout samples of the network trained with dropout."""
+    full = dip.recon[0, 0].numel() <= 4096
+    pred = mcdo_predictive(dip.net, dip.net_input, seed=settings["seed"], full_covariance=full,
+                           num_samples=settings["mcdo_samples"] or DEFAULT_NUM_SAMPLES,
+                           patch_sizes=() if full else (10,), progress=progress,
+                           added_variance=_image_noise(problem, dip))
+    samples = mcdo_predictive(dip.net, dip.net_input, num_samples=max(settings["samples"], 2),
+                              seed=settings["seed"] + 1, store_samples=True,
+                              progress=False).samples
+    return Uncertainty("DIP-MCDO", pred.mean, pred.std, samples,
+                       lambda gt: pred.log_likelihood(gt, None if full else 10),
+                       dict(num_samples=pred.num_samples, dropout_p=DEFAULT_DROPOUT_P),
+                       dict(sampling=pred.seconds))
+
+
+def _homoscedastic(settings: dict, problem: CTProblem, dip, gamma: float,
+                   progress: bool) -> Uncertainty:
+    """DIP (evidence σ²): ``N(x̂, σ_y² c_A I)`` with σ_y² maximising the linear-noise evidence."""
+    t0 = time.perf_counter()
+    pred = dip_evidence_predictive(dip.recon.detach().cpu().double(), problem.ray_trafo,
+                                   problem.sinogram.double())
+    return Uncertainty("DIP (evidence σ²)", pred.mean, pred.std, None, pred.log_likelihood,
+                       dict(noise_variance=pred.noise_variance, pixel_variance=pred.variance),
+                       dict(evidence=time.perf_counter() - t0))
+
+
+def _image_noise(problem: CTProblem, dip) -> float:
+    """The image-space noise term added to the MC-dropout variance (avoids zero variance)."""
+    residual = problem.ray_trafo.A(dip.recon.detach().cpu().float()) - problem.sinogram
+    return image_noise_variance(problem.ray_trafo, float(residual.square().mean()))
+
+
+METHODS = ("lin-dip", "mcdo", "dip")
+_UNCERTAINTY = {"lin-dip": _linearized, "mcdo": _mcdo, "dip": _homoscedastic}
+
+
+def _uncertainty_metrics(result: Uncertainty, problem: CTProblem) -> dict:
+    out = dict(method=result.method, **result.info, mean_std=float(result.std.mean()))
     gt = problem.ground_truth
     if gt is not None:
         gt64 = gt.to(torch.float64)
@@ -139,8 +209,9 @@ def _uncertainty_metrics(result: UncertaintyResult, problem: CTProblem, settings
     return out
 
 
-def _figure(problem: CTProblem, recon: torch.Tensor, std: torch.Tensor | None, path: Path) -> None:
-    plot_uncertainty_panels({"DIP": (recon, std)}, problem.ground_truth, fbp=problem.fbp,
+def _figure(problem: CTProblem, label: str, recon: torch.Tensor, std: torch.Tensor | None,
+            path: Path) -> None:
+    plot_uncertainty_panels({label: (recon, std)}, problem.ground_truth, fbp=problem.fbp,
                             value_label="image", units=problem.info.get("image_unit", "a.u."))\
         .savefig(path, dpi=120, bbox_inches="tight")
 
@@ -153,7 +224,7 @@ def _print_summary(problem: CTProblem, metrics: dict, out: Path) -> None:
             lines.append(f"  {label:<4} PSNR {q['psnr']:6.2f} dB  SSIM {q['ssim']:.3f}")
     unc = metrics.get("uncertainty")
     if unc:
-        line = f"  uncertainty ({unc['mode']} evidence, {unc['prior']}): mean std {unc['mean_std']:.4f}"
+        line = f"  uncertainty ({unc['method']}): mean std {unc['mean_std']:.4f}"
         if "coverage" in unc:
             line += (f", test log-lik {unc['test_log_likelihood_per_pixel']:.3f}/pixel, "
                      f"coverage 68% {unc['coverage']['0.68']:.2f} 95% {unc['coverage']['0.95']:.2f}")

@@ -111,3 +111,21 @@ def test_angles_not_matching_sinogram_rows(capsys, tmp_path):
 ])
 def test_bad_numbers(capsys, tmp_path, args, expect):
     _fails_cleanly(capsys, tmp_path, *args, expect=expect)
+
+
+@pytest.mark.parametrize("method", ["lin-dip", "mcdo", "dip"])
+def test_uncertainty_methods(capsys, tmp_path, data_root, method):
+    out = tmp_path / method
+    code, stdout, err = _run(capsys, "--kmnist", "0", "--data-root", str(data_root), "--angles", "10",
+                             "--iterations", "20", "--evidence-steps", "3", "--samples", "4",
+                             "--mcdo-samples", "64",
+                             "--method", method, "--out", str(out), "--quiet")
+    assert code == 0, err
+    unc = json.loads((out / "metrics.json").read_text())["uncertainty"]
+    std = np.load(out / "std.npy")
+    assert std.shape == (28, 28) and (std > 0).all()
+    assert np.isfinite(unc["test_log_likelihood_per_pixel"])
+    assert 0 <= unc["coverage"]["0.68"] <= unc["coverage"]["0.95"] <= 1
+    assert (out / "error_vs_std.png").is_file()
+    if method != "dip":
+        assert np.load(out / "samples.npy").shape[1:] == (28, 28)
