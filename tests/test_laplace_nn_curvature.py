@@ -133,14 +133,43 @@ def test_kfac_exact_for_single_conv_with_gaussian_likelihood():
     torch.testing.assert_close(kfac[w:, w:], full[w:, w:], rtol=1e-10, atol=1e-10)
 
 
+def layernorm_net(seed: int = 0) -> nn.Module:
+    """Has a layer outside nn.Linear/nn.Conv2d: curvature goes through torch.func rows."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.LayerNorm(50), nn.Tanh(),
+                         nn.Linear(50, 3)).to(DT)
+
+
 @pytest.mark.parametrize("curvature", ["ggn", "ef"])
-def test_diag_equals_diagonal_of_full(curvature):
-    model = cnn(0)
+@pytest.mark.parametrize("net", [cnn, layernorm_net])
+def test_diag_equals_diagonal_of_full(curvature, net):
+    model = net(0)
     x = torch.randn(10, 1, 5, 5, generator=gen(1), dtype=DT)
     y = torch.randint(0, 3, (10,), generator=gen(2))
     full = Laplace(model, "classification", structure="full", curvature=curvature).fit((x, y), batch_size=4)
     diag = Laplace(model, "classification", structure="diag", curvature=curvature).fit((x, y), batch_size=4)
     torch.testing.assert_close(ggn(diag).diagonal(), ggn(full).diagonal(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_layer_hooks_and_torch_func_rows_agree(likelihood):
+    from bayes_dip.laplace.curvature.dense import _Accumulator, _rows_by_func, _rows_by_layers
+    torch.manual_seed(0)
+    # Linear on 3-D inputs: a weight shared over positions, as in a convolution
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(2),
+                          nn.Linear(9, 4), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)).to(DT)
+    x = torch.randn(6, 1, 5, 5, generator=gen(1), dtype=DT)
+    y = (torch.randint(0, 3, (6,), generator=gen(2)) if likelihood == "classification"
+         else torch.randn(6, 3, generator=gen(2), dtype=DT))
+    fn = ModelFunction(model, all_weights(model))
+    lik = Laplace(model, likelihood).likelihood
+    batches = Batches((x, y), 4, x.device)
+    results = []
+    for rows in (_rows_by_func, _rows_by_layers):
+        acc = _Accumulator(fn.n_params, False, x.device)
+        rows(fn, OutputCurvature(lik), batches, fn.theta(), acc, False)
+        results.append(acc.value)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
 
 
 def test_empirical_fisher_is_sum_of_gradient_outer_products():

@@ -97,14 +97,15 @@ def mlp_problem():
     return model, x, y
 
 
-@pytest.mark.parametrize("structure,at", [("full", "map"), ("diag", "map"), ("kfac", "map"),
-                                          ("lowrank", "map"), ("full", "linearized"),
-                                          ("kfac", "linearized"), ("lowrank", "linearized")])
-def test_evidence_gradients_match_finite_differences(structure, at):
+@pytest.mark.parametrize("structure,at,groups", [
+    ("full", "map", 4), ("full", "map", 0), ("diag", "map", 4), ("kfac", "map", 4), ("lowrank", "map", 4),
+    ("full", "linearized", 4), ("full", "linearized", 0), ("kfac", "linearized", 4), ("lowrank", "linearized", 4)])
+def test_evidence_gradients_match_finite_differences(structure, at, groups):
     model, x, y = mlp_problem()
     spec = LowRank(rank=8) if structure == "lowrank" else structure
     la = Laplace(model, "regression", structure=spec).fit((x, y), batch_size=8)
-    log_prec = torch.tensor([0.1, -0.4, 0.3, 0.2], dtype=DT, requires_grad=True)  # one per tensor
+    # one precision per parameter tensor, or a scalar (groups == 0)
+    log_prec = torch.tensor([0.1, -0.4, 0.3, 0.2][:groups] if groups else 0.1, dtype=DT, requires_grad=True)
     log_sigma = torch.tensor(-0.2, dtype=DT, requires_grad=True)
 
     def evidence(lp, ls):
@@ -113,11 +114,11 @@ def test_evidence_gradients_match_finite_differences(structure, at):
     grads = torch.autograd.grad(evidence(log_prec, log_sigma), (log_prec, log_sigma))
     eps = 1e-5
     with torch.no_grad():
-        for i in range(4):
-            e = torch.zeros(4, dtype=DT)
-            e[i] = eps
+        for i in range(max(groups, 1)):
+            e = torch.zeros(groups, dtype=DT) if groups else torch.tensor(0.0, dtype=DT)
+            e[i if groups else ()] = eps
             fd = (evidence(log_prec + e, log_sigma) - evidence(log_prec - e, log_sigma)) / (2 * eps)
-            assert abs(float(fd) - float(grads[0][i])) < 1e-6 * max(1.0, abs(float(fd)))
+            assert abs(float(fd) - float(grads[0].reshape(-1)[i])) < 1e-6 * max(1.0, abs(float(fd)))
         fd = (evidence(log_prec, log_sigma + eps) - evidence(log_prec, log_sigma - eps)) / (2 * eps)
         assert abs(float(fd) - float(grads[1])) < 1e-6 * max(1.0, abs(float(fd)))
 
@@ -128,16 +129,20 @@ def test_classification_evidence_gradient_and_per_parameter_prior():
     x = torch.randn(15, 3, generator=gen(6), dtype=DT)
     y = torch.randint(0, 3, (15,), generator=gen(7))
     la = Laplace(model, "classification", structure="full").fit((x, y))
-    log_prec = (0.1 * torch.randn(la.n_params, generator=gen(8), dtype=DT)).requires_grad_(True)
-    (grad,) = torch.autograd.grad(la.log_marginal_likelihood(log_prec.exp()), log_prec)
-    eps = 1e-5
-    with torch.no_grad():
-        for i in (0, 7, la.n_params - 1):
-            e = torch.zeros(la.n_params, dtype=DT)
-            e[i] = eps
-            fd = (la.log_marginal_likelihood((log_prec + e).exp())
-                  - la.log_marginal_likelihood((log_prec - e).exp())) / (2 * eps)
-            assert abs(float(fd) - float(grad[i])) < 1e-7
+    # random per-weight precisions (Cholesky path) and equal ones (eigendecomposition path,
+    # whose finite differences leave it for the Cholesky path)
+    for log_prec in (0.1 * torch.randn(la.n_params, generator=gen(8), dtype=DT),
+                     torch.full((la.n_params,), -0.3, dtype=DT)):
+        log_prec.requires_grad_(True)
+        (grad,) = torch.autograd.grad(la.log_marginal_likelihood(log_prec.exp()), log_prec)
+        eps = 1e-5
+        with torch.no_grad():
+            for i in (0, 7, la.n_params - 1):
+                e = torch.zeros(la.n_params, dtype=DT)
+                e[i] = eps
+                fd = (la.log_marginal_likelihood((log_prec + e).exp())
+                      - la.log_marginal_likelihood((log_prec - e).exp())) / (2 * eps)
+                assert abs(float(fd) - float(grad[i])) < 1e-7
 
 
 def test_matrix_free_log_determinant_and_gradient_estimates():

@@ -42,6 +42,28 @@ def make(structure: str):
     return {"lowrank": LowRank(rank=10), "matrix_free": MatrixFree(cg_tol=1e-10)}.get(structure, structure)
 
 
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac"])
+@pytest.mark.parametrize("net", ["cnn", "layernorm"])
+def test_glm_predictive_is_j_sigma_jt_for_conv_and_other_layers(structure, net):
+    torch.manual_seed(0)
+    if net == "cnn":  # convolutions: per-example Jacobians from layer hooks, no outer-product form
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Conv2d(2, 2, 3, stride=2),
+                              nn.Flatten(), nn.Linear(8, 3)).to(DT)
+    else:  # a LayerNorm: Jacobians from torch.func
+        if structure == "kfac":
+            pytest.skip("KFAC does not support LayerNorm")
+        model = nn.Sequential(nn.Flatten(), nn.Linear(25, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+    x = torch.randn(12, 1, 5, 5, generator=gen(1), dtype=DT)
+    y = torch.randint(0, 3, (12,), generator=gen(2))
+    la = Laplace(model, "classification", structure=structure, prior_precision=0.8).fit((x, y))
+    jac = jacobian(model, x[:4])
+    expected = jac @ la.posterior_covariance @ jac.mT
+    _, cov = la.glm_predictive(x[:4])
+    torch.testing.assert_close(cov, expected, rtol=1e-8, atol=1e-10)
+    _, var = la.glm_predictive(x[:4], diagonal=True)
+    torch.testing.assert_close(var, torch.diagonal(expected, dim1=1, dim2=2), rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_glm_predictive_is_j_sigma_jt(structure):
     model, x, y = problem("regression")

@@ -403,7 +403,7 @@ class Laplace:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         inputs = self._fn.prepare(x.to(self._device))
-        return glm_moments(self._fn, self.theta_hat, inputs, self.posterior_covariance_matmul, diagonal)
+        return glm_moments(self._fn, self.theta_hat, inputs, self.structure, self._scale(), self._delta(), diagonal)
 
     def predict(self, x: Tensor, *, pred_type: str = "glm", link: str = "probit", n_samples: int = 100,
                 generator: torch.Generator | None = None, diagonal: bool = False,

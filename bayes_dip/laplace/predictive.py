@@ -7,14 +7,14 @@ through a link for classification (:mod:`.links`: probit, Laplace bridge, Monte 
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
+from .curvature.layers import JacobianTerm, jacobian_terms, supported_layers
 from .functional import ModelFunction
 from .likelihoods import BernoulliLikelihood, CategoricalLikelihood, Likelihood
 from .links import laplace_bridge_predictive, mc_predictive, probit_binary, probit_multiclass
+from .posterior.base import Scale, Structure
 
 __all__ = ["glm_moments", "classification_probabilities", "sampled_outputs", "LINKS"]
 
@@ -24,25 +24,32 @@ LINKS = ("probit", "bridge", "mc")
 JACOBIAN_BUDGET = 2**24
 
 
-def glm_moments(fn: ModelFunction, theta: Tensor, inputs: Tensor,
-                covariance_matmul: Callable[[Tensor], Tensor], diagonal: bool = False) -> tuple[Tensor, Tensor]:
+def glm_moments(fn: ModelFunction, theta: Tensor, inputs: Tensor, structure: Structure, scale: Scale,
+                delta: Tensor, diagonal: bool = False) -> tuple[Tensor, Tensor]:
     """Mean ``(B, *out)`` and covariance ``(B, n_out, n_out)`` (or variances ``(B, n_out)``) of ``f(x)``.
+
+    Per-example Jacobians come from layer hooks (``n_out`` batched backward passes, with
+    linear layers kept as outer products ``g ⊗ a`` that KFAC and diagonal posteriors
+    contract without forming ``J``) or, for other layers, from ``torch.func``.
 
     Args:
         fn: model function; theta: ``θ̂ (P,)``; inputs: prepared inputs ``(B, ...)``;
-        covariance_matmul: ``V (P, k) -> Σ V``;
+        structure, scale, delta: the posterior ``Σ = (s GGN + diag δ)⁻¹``;
         diagonal: return only the output variances.
     """
     with torch.no_grad():
         mean = fn(theta, inputs)
     n_out, n = mean[0].numel(), theta.numel()
     chunk = max(1, JACOBIAN_BUDGET // max(1, n_out * n))
+    by_layers = supported_layers(fn)
     parts = []
     for start in range(0, inputs.shape[0], chunk):
-        jac = fn.jacobian(theta, inputs[start:start + chunk]).detach()  # (b, n_out, P)
-        b = jac.shape[0]
-        sj = covariance_matmul(jac.reshape(-1, n).T).T.reshape(b, n_out, n)
-        parts.append((jac * sj).sum(-1) if diagonal else jac @ sj.mT)
+        sl = inputs[start:start + chunk]
+        if by_layers:
+            terms = jacobian_terms(fn, theta, sl)[1]
+        else:
+            terms = [JacobianTerm(fn.jacobian(theta, sl).detach())]
+        parts.append(structure.output_covariance(terms, scale, delta, diagonal))
     return mean, torch.cat(parts)
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..curvature.layers import JacobianTerm
 from ..curvature.output import OutputCurvature
 from ..data import Batches
 from ..functional import ModelFunction
@@ -63,12 +64,26 @@ class Structure(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+    def output_covariance(self, terms: list[JacobianTerm], scale: Scale, delta: Tensor,
+                          diagonal: bool = False) -> Tensor:
+        """``J Σ Jᵀ`` per example ``(B, n_out, n_out)`` (or its diagonal ``(B, n_out)``) from the
+        per-parameter-tensor Jacobian terms (together ``J (B, n_out, P)``)."""
+        jac = torch.cat([t.dense() for t in terms], 2)
+        b, n_out, n = jac.shape
+        sj = self.covariance_matmul(jac.reshape(-1, n).T, scale, delta).T.reshape(b, n_out, n)
+        return (jac * sj).sum(-1) if diagonal else jac @ sj.mT
+
     def precision_matmul(self, v: Tensor, scale: Scale, delta: Tensor) -> Tensor:
         """``K v = s GGN₀ v + δ ⊙ v``."""
         return scale * self.curvature_matmul(v) + delta.to(v.dtype).unsqueeze(1) * v
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def as_number(x: Scale) -> float:
+    """A scale as a plain (detached) float."""
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
 
 
 def as_float64(x: Scale) -> Tensor | float:

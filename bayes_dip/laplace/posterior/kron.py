@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..curvature.kfac import kfac_blocks
+from ..curvature.layers import JacobianTerm
 from ..curvature.output import OutputCurvature
 from ..data import Batches
 from ..functional import ModelFunction
@@ -62,16 +63,18 @@ class KFAC(Structure):
         q = block["Q"]
         if len(q) == 1:
             return q[0].T @ v
-        w = v.reshape(*block["dims"], -1)
-        return torch.einsum("ia,ijk,jb->abk", q[0], w, q[1]).reshape(v.shape)
+        d_out, d_in = block["dims"]
+        w = (q[0].T @ v.reshape(d_out, -1)).reshape(d_out, d_in, -1)  # Q_Gᵀ V
+        return (w.transpose(1, 2) @ q[1]).transpose(1, 2).reshape(v.shape)  # … Q_A
 
     @staticmethod
     def _from_eig(block: dict[str, Any], w: Tensor) -> Tensor:
         q = block["Q"]
         if len(q) == 1:
             return q[0] @ w
-        v = w.reshape(*block["dims"], -1)
-        return torch.einsum("ia,abk,jb->ijk", q[0], v, q[1]).reshape(w.shape)
+        d_out, d_in = block["dims"]
+        v = (q[0] @ w.reshape(d_out, -1)).reshape(d_out, d_in, -1)  # Q_G W
+        return (v.transpose(1, 2) @ q[1].T).transpose(1, 2).reshape(w.shape)  # … Q_Aᵀ
 
     def _spectral(self, v: Tensor, scale: Scale | None, delta: Tensor | None, power: float) -> Tensor:
         """Apply ``K^power`` (or ``GGN₀`` when ``scale`` is None) blockwise to ``v (P, k)``."""
@@ -90,6 +93,25 @@ class KFAC(Structure):
 
     def covariance_matmul(self, v: Tensor, scale: Scale, delta: Tensor) -> Tensor:
         return self._spectral(v, scale, delta, -1.0)
+
+    def output_covariance(self, terms: list[JacobianTerm], scale: Scale, delta: Tensor,
+                          diagonal: bool = False) -> Tensor:
+        out = None
+        for block, term in zip(self._blocks(), terms):
+            inv = 1 / (as_float64(scale) * self._eigvals(block) + delta[block["offset"]].to(torch.float64))
+            g = term.g.to(torch.float64)
+            if term.a is not None:
+                # J[b, c] = g ⊗ a  ⇒  (Q_G ⊗ Q_A)ᵀ J = (Q_Gᵀ g) ⊗ (Q_Aᵀ a): no Kronecker products formed
+                mg = g @ block["Q"][0]
+                w = ((term.a.to(torch.float64) @ block["Q"][1]) ** 2) @ inv.reshape(block["dims"]).T
+                w = w.unsqueeze(1)  # (B, 1, d_out): Σ_j (Q_Aᵀ a)_j² / E_ij
+            else:
+                b, n_out, size = g.shape
+                mg = self._to_eig(block, g.reshape(-1, size).T).T.reshape(b, n_out, size)
+                w = inv
+            part = (mg**2 * w).sum(-1) if diagonal else (mg * w) @ mg.mT
+            out = part if out is None else out + part
+        return out.to(terms[0].g.dtype)
 
     def logdet(self, scale: Scale, delta: Tensor) -> Tensor:
         total = 0.0

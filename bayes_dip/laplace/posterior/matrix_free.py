@@ -22,7 +22,7 @@ from ..curvature.operator import GGNOperator
 from ..curvature.output import OutputCurvature
 from ..data import Batches
 from ..functional import ModelFunction
-from .base import Scale, Structure
+from .base import Scale, Structure, as_number
 
 __all__ = ["MatrixFree"]
 
@@ -97,7 +97,7 @@ class MatrixFree(Structure):
         if self.precond_eig is None:
             return None
         vecs, vals = self.precond_eig
-        return LowRankPreconditioner(vecs, float(scale) * vals, float(delta.detach().mean()))
+        return LowRankPreconditioner(vecs, as_number(scale) * vals, float(delta.detach().mean()))
 
     def _solve(self, v: Tensor, scale: Scale, delta: Tensor) -> Tensor:
         s, d = (scale.detach() if isinstance(scale, Tensor) else scale), delta.detach()
@@ -141,7 +141,7 @@ class MatrixFree(Structure):
 
     def sample(self, n: int, scale: Scale, delta: Tensor, generator: torch.Generator | None) -> Tensor:
         op = self._op()
-        s = float(scale)
+        s = as_number(scale)
         with torch.no_grad():
             rhs = s**0.5 * op.sample_root(n, generator)
             eps = torch.randn(rhs.shape, generator=generator, dtype=rhs.dtype, device=rhs.device)
