@@ -23,17 +23,15 @@ The scan is read from ``--data-root`` or ``$BAYES_DIP_DATA`` (folder holding ``h
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_CONFIG = HERE / "configs" / "htc2022.yaml"
+from bayes_dip.studies.script import run_script, study_parser
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "htc2022.yaml"
 
 SMOKE = {
     "dip": {"iterations": 60, "lr": 1.0e-3, "gamma": 1.0e-3, "log_every": 10},
@@ -44,18 +42,6 @@ SMOKE = {
     "predictive": {"num_samples": 16, "cg_max_iter": 5, "precond_rank": 10},
     "figures": {"formats": ["png"], "images": 1, "gallery_samples": 16},
 }
-
-
-def build_config(args: argparse.Namespace) -> dict:
-    config = yaml.safe_load(Path(args.config).read_text())
-    if args.smoke:
-        config.update(SMOKE)
-        config["name"] = f"{config['name']}-smoke"
-    if args.data_root is not None:
-        config["data_root"] = args.data_root
-    if args.device is not None:
-        config["device"] = args.device
-    return config
 
 
 def directional_analysis(results, n_bins: int = 36) -> tuple[list[dict], dict]:
@@ -172,28 +158,15 @@ def directional_figure(data: dict, path: Path, formats) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="study YAML")
-    parser.add_argument("--out", default="outputs/htc2022", help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny settings (pipeline check)")
-    parser.add_argument("--data-root", help="data folder with htc2022/ (default $BAYES_DIP_DATA)")
-    parser.add_argument("--device", help="torch device (default from the config: cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    from bayes_dip.studies import run_study
-
-    start = time.perf_counter()
-    results = run_study(build_config(args), args.out, progress=not args.quiet)
+    parser = study_parser(__doc__.split("\n\n")[0], DEFAULT_CONFIG, "outputs/htc2022")
+    results, _ = run_script(parser, SMOKE, argv)
     rows, data = directional_analysis(results)
     text = directional_markdown(rows, data["measured"])
     (results.out_dir / "directional.md").write_text(text)
     (results.out_dir / "directional.json").write_text(json.dumps(rows, indent=2))
     directional_figure(data, results.out_dir / "figures" / "directional",
                        results.config.figures.formats)
-    print(results.table_markdown)
     print(text)
-    print(f"{len(results.computed)} results computed, {len(results.reused)} reused, "
-          f"{time.perf_counter() - start:.0f} s; outputs in {results.out_dir}")
     return 0
 
 

@@ -14,15 +14,12 @@ KMNIST is read from ``--data-root`` or ``$BAYES_DIP_DATA`` (folder holding ``kmn
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
-import yaml
+from bayes_dip.studies.script import run_script, study_parser
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_CONFIG = HERE / "configs" / "kmnist_grid.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "kmnist_grid.yaml"
 
 # a quick end-to-end check of the whole pipeline on real KMNIST images (numbers meaningless)
 SMOKE = {
@@ -34,39 +31,10 @@ SMOKE = {
 }
 
 
-def build_config(args: argparse.Namespace) -> dict:
-    config = yaml.safe_load(Path(args.config).read_text())
-    if args.smoke:
-        config.update(SMOKE)
-        config["name"] = f"{config['name']}-smoke"
-    if args.images is not None:
-        for entry in config["settings"]:
-            if "kmnist" in entry:
-                entry["kmnist"] = args.images
-    if args.data_root is not None:
-        config["data_root"] = args.data_root
-    if args.device is not None:
-        config["device"] = args.device
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="study YAML")
-    parser.add_argument("--out", default="outputs/kmnist_grid", help="output folder")
-    parser.add_argument("--images", type=int, help="first N test images in every setting")
-    parser.add_argument("--smoke", action="store_true", help="tiny settings, 1 setting × 2 images")
-    parser.add_argument("--data-root", help="data folder with kmnist/ (default $BAYES_DIP_DATA)")
-    parser.add_argument("--device", help="torch device (default from the config: cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    from bayes_dip.studies import run_study
-
-    start = time.perf_counter()
-    results = run_study(build_config(args), args.out, progress=not args.quiet)
-    print(results.table_markdown)
-    print(f"{len(results.computed)} results computed, {len(results.reused)} reused, "
-          f"{time.perf_counter() - start:.0f} s; outputs in {results.out_dir}")
+    parser = study_parser(__doc__.split("\n\n")[0], DEFAULT_CONFIG, "outputs/kmnist_grid",
+                          images_option=True)
+    run_script(parser, SMOKE, argv)
     return 0
 
 

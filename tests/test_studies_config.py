@@ -1,10 +1,13 @@
 """Study config schema: expansion of settings, merging of image lists, clear errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from bayes_dip.studies import StudyConfig, load_study_config
+from bayes_dip.studies.script import study_config, study_parser
 
 
 def _base(**overrides):
@@ -91,3 +94,28 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_study_config(path)
     with pytest.raises(TypeError, match="config must be"):
         load_study_config(3)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("name", ["kmnist_grid.yaml", "htc2022.yaml", "anatomy.yaml"])
+def test_experiment_configs_are_valid(name):
+    cfg = load_study_config(EXPERIMENTS / name)
+    assert cfg.settings and cfg.methods
+
+
+def test_kmnist_grid_is_the_notes_default_run():
+    cfg = load_study_config(EXPERIMENTS / "kmnist_grid.yaml")
+    counts = {(s.angles, s.noise): len(s.images) for s in cfg.settings}
+    assert len(counts) == 8
+    assert counts.pop((20, 0.05)) == 10 and set(counts.values()) == {3}
+
+
+def test_script_overrides(tmp_path):
+    parser = study_parser("t", EXPERIMENTS / "kmnist_grid.yaml", "out", images_option=True)
+    args = parser.parse_args(["--images", "4", "--data-root", str(tmp_path), "--smoke"])
+    cfg = StudyConfig.from_dict(study_config(args, {"dip": {"iterations": 5}}))
+    assert cfg.name == "kmnist-grid-smoke" and cfg.dip.iterations == 5
+    assert cfg.data_root == str(tmp_path)
+    assert all(len(s.images) == 4 for s in cfg.settings)
