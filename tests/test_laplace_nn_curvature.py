@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from bayes_dip.laplace import Laplace, LinearGaussianLikelihood, MatrixFree
 from bayes_dip.laplace.curvature import GGNOperator, OutputCurvature
-from bayes_dip.laplace.data import Batches
+from bayes_dip.laplace.batches import Batches
 from bayes_dip.laplace.functional import ModelFunction
 from bayes_dip.laplace.subsets import all_weights
 
@@ -42,7 +42,7 @@ def as_function(model: nn.Module):
 def ggn(la: Laplace) -> torch.Tensor:
     """``s · GGN`` of a fitted Laplace as a dense matrix (precision minus prior)."""
     eye = torch.eye(la.n_params, dtype=DT)
-    return la.posterior_precision_matmul(eye) - torch.diag(la._delta().to(DT))
+    return la.posterior_precision_matmul(eye) - torch.diag(la.prior_precision_diag.to(DT))
 
 
 def mlp(seed: int = 0, sizes=(4, 6, 3)) -> nn.Module:

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .curvature.output import OutputCurvature
-from .data import Batches
+from .batches import Batches
 from .evidence import linearized_sse, linearized_step, log_marginal_likelihood, mackay_prior_precision
 from .functional import ModelFunction
-from .likelihoods import Likelihood, make_likelihood
+from .likelihoods import BernoulliLikelihood, Likelihood, make_likelihood
 from .posterior import MatrixFree, Structure, make_structure
 from .predictive import LINKS, classification_probabilities, glm_moments, sampled_outputs
 from .priors import check_prior_mean, check_prior_precision, expand_prior_precision, prior_precision_kind
@@ -78,6 +78,11 @@ class Laplace:
         check_prior_precision(prior_precision, None, None, self._dtype, self._device)
         self._fitted = False
 
+    def __repr__(self) -> str:
+        fitted = f"P={self.subset.n_params}" if self._fitted else "not fitted"
+        return (f"Laplace({self.likelihood!r}, subset={self._subset_spec!r}, structure={self.structure!r}, "
+                f"curvature={self.curvature.kind!r}, {fitted})")
+
     # ------------------------------------------------------------------ state
     def _check_sigma(self, value: float | Tensor) -> Tensor:
         if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
@@ -110,14 +115,24 @@ class Laplace:
 
     @property
     def prior_precision(self) -> Tensor:
-        """Prior precision ``δ``: shape ``()``, ``(G,)`` or ``(P,)``."""
-        self._require_fit()
+        """Prior precision ``δ``: shape ``()``, ``(G,)`` or ``(P,)`` (settable before and after fit)."""
+        if not self._fitted:
+            return check_prior_precision(self._prior_precision_init, None, None, self._dtype, self._device)
         return self._prior_precision
 
     @prior_precision.setter
     def prior_precision(self, value: float | Tensor) -> None:
-        self._require_fit()
+        if not self._fitted:
+            check_prior_precision(value, None, None, self._dtype, self._device)
+            self._prior_precision_init = value
+            return
         self._prior_precision = self._check_prec(value).detach().clone()
+
+    @property
+    def prior_precision_diag(self) -> Tensor:
+        """Per-weight prior precisions ``δ (P,)``."""
+        self._require_fit()
+        return self._delta()
 
     @property
     def sigma_noise(self) -> Tensor:
@@ -155,6 +170,8 @@ class Laplace:
             ``self``.
         """
         batches = Batches(data, batch_size, self._device)
+        prior_init = self._prior_precision if self._fitted else self._prior_precision_init
+        self._fitted = False
         self.model.eval()
         first = next(iter(batches), None)
         if first is None:
@@ -162,11 +179,10 @@ class Laplace:
         self.subset: WeightSubset = resolve_subset(self.model, self._subset_spec, first[0])
         self._fn = ModelFunction(self.model, self.subset)
         self.theta_hat = self._fn.theta()
-        self._prior_precision = self._check_prec(self._prior_precision_init).detach().clone()
+        self._prior_precision = self._check_prec(prior_init).detach().clone()
         self.prior_mean = check_prior_mean(self._prior_mean_init, self.subset.n_params, self._dtype, self._device)
         self._statistics(batches, progress)
         self.structure.fit(self._fn, self.curvature, batches, self.theta_hat, progress=progress)
-        self._batches = batches
         self._fitted = True
         return self
 
@@ -295,7 +311,7 @@ class Laplace:
                 ``"mackay"``: fixed-point updates (at most ``max_iter``, stop when the relative
                 change is below ``tol``); ``"grid"``: scalar ``δ`` from ``grid`` (default
                 ``10^[-4, 4]``, 41 points) by evidence, or by validation NLL when ``val_data``
-                (``(X, y)`` tensors) is given (predictions with ``link``).
+                (``(X, y)`` tensors) is given (predictions with ``link``); the grid leaves ``σ`` as is.
             at: evidence at ``"map"`` (``θ̂``) or ``"linearized"`` (``θ*``), see
                 :meth:`log_marginal_likelihood`.
             optimize_noise: also fit ``σ`` (default: True for Gaussian likelihoods).
@@ -438,7 +454,8 @@ class Laplace:
             outputs = sampled_outputs(self._fn, self.sample(n_samples, generator),
                                       self._fn.prepare(x.to(self._device)))
             if not self.likelihood.has_noise:
-                link_fn = torch.sigmoid if self.likelihood.name == "binary" else (lambda f: torch.softmax(f, -1))
+                binary = isinstance(self.likelihood, BernoulliLikelihood)
+                link_fn = torch.sigmoid if binary else (lambda f: torch.softmax(f, -1))
                 return link_fn(outputs).mean(0)
             mean = outputs.mean(0)
             flat = (outputs - mean).reshape(n_samples, x.shape[0], -1)
@@ -491,8 +508,7 @@ class Laplace:
         if isinstance(self.structure, MatrixFree):
             if data is None:
                 raise ValueError("structure='matrix_free' needs the training data to load: pass data=")
-            self._batches = Batches(data, batch_size, self._device)
-            self.structure.bind(self._fn, self.curvature, self._batches, self.theta_hat)
+            self.structure.bind(self._fn, self.curvature, Batches(data, batch_size, self._device), self.theta_hat)
         self._fitted = True
         self._prior_precision = self._check_prec(state["prior_precision"]).detach().clone()
         return self

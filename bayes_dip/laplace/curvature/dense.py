@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 from tqdm.auto import tqdm
 
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .layers import example_weight_grads, input_rows, layer_passes, output_rows, supported_layers
 from .output import OutputCurvature

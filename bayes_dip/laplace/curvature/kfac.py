@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .layers import check_layers, input_rows, layer_passes, output_rows
 from .output import OutputCurvature

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .output import OutputCurvature
 

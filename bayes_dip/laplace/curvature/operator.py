@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .output import OutputCurvature
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..curvature.layers import JacobianTerm
 from ..curvature.output import OutputCurvature
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 
 __all__ = ["Structure", "Scale"]

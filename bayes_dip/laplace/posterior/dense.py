@@ -9,7 +9,7 @@ from torch import Tensor
 from ..curvature.dense import dense_ggn
 from ..curvature.layers import JacobianTerm
 from ..curvature.output import OutputCurvature
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .base import Scale, Structure, as_float64, as_number
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..curvature.kfac import kfac_blocks
 from ..curvature.layers import JacobianTerm
 from ..curvature.output import OutputCurvature
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .base import Scale, Structure, as_float64
 

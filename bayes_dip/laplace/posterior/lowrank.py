@@ -16,7 +16,7 @@ from torch import Tensor
 from ...linalg import nystrom
 from ..curvature.operator import GGNOperator
 from ..curvature.output import OutputCurvature
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .base import Scale, Structure, as_float64
 

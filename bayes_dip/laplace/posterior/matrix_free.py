@@ -20,7 +20,7 @@ from ...linalg import (CGInfo, LowRankPreconditioner, hutchinson_diagonal, logde
                        pcg, sample_probes, slq_logdet)
 from ..curvature.operator import GGNOperator
 from ..curvature.output import OutputCurvature
-from ..data import Batches
+from ..batches import Batches
 from ..functional import ModelFunction
 from .base import Scale, Structure, as_number
 
