@@ -64,6 +64,10 @@ def test_real_scan_and_named_images():
     (dict(mcdo={"gamma": 1e-4}), "without TV"),
     (dict(mcdo={"dropout_p": 1.0}), "dropout_p"),
     (dict(metrics={"patch": 2}), "metrics: unknown"),
+    (dict(unet={"preset": "huge"}), "unet: name must be one of"),
+    (dict(unet={"channels": [8, 8], "skip_channels": [0]}), "unet: skip_channels"),
+    (dict(methods=["dip-evidence"], dip_evidence={"noise_variance": "paper"}),
+     "dip_evidence.noise_variance"),
     (dict(figures={"formats": ["gif"]}), "figures.formats"),
 ])
 def test_bad_config_raises_naming_the_key(change, match):

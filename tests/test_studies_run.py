@@ -136,3 +136,15 @@ def test_changed_method_config_is_not_mixed_in(tmp_path):
     reused = run_study(_config(methods=["dip"], figures={"enabled": False},
                                mcdo={"num_samples": 8}), tmp_path, progress=False)
     assert reused.computed == []
+
+
+def test_dip_evidence_can_take_the_linearised_mll_noise_variance(tmp_path):
+    cfg = _config(methods=["dip-evidence", "lin-dip-mll"], dip_evidence={"noise_variance": "mll"},
+                  settings=[{"angles": 8, "noise": 0.05, "images": ["shepp_logan"], "size": 16}],
+                  figures={"enabled": False})
+    by = {r["method"]: r for r in run_study(cfg, tmp_path, progress=False).records}
+    sigma2 = by["lin-dip-mll"]["info"]["noise_variance"]
+    assert by["dip-evidence"]["info"]["noise_variance"] == pytest.approx(sigma2, rel=1e-12)
+    # the pixel variance is σ_y² times the pseudo-inverse factor c_A
+    info = by["dip-evidence"]["info"]
+    assert info["pixel_variance"] == pytest.approx(sigma2 * info["variance_factor"], rel=1e-12)

@@ -16,6 +16,7 @@ scan, or one real scan), each with its images, times a list of *methods*. Schema
     device: cpu
     unet: {preset: kmnist}         # unet_preset name + overrides (channels, ...)
     dip: {iterations: 3000, lr: 1e-3, gamma: 1e-4}     # DIPConfig fields
+    dip_evidence: {noise_variance: own}   # or mll: σ_y² of the linearised DIP's MLL
     mcdo: {}                       # bayes_dip.baselines MC-dropout settings
     evidence: {}                   # bayes_dip.linearized evidence settings (MLL and TV-MAP)
     tvmap: {}                      # TV-PredCP settings of lin-dip-tvmap
@@ -39,12 +40,12 @@ from typing import Any
 
 import yaml
 
-from bayes_dip.dip import DIPConfig
+from bayes_dip.dip import DIPConfig, unet_preset
 
 __all__ = ["Setting", "MetricsOptions", "FigureOptions", "StudyConfig", "load_study_config"]
 
 _TOP_KEYS = {"name", "methods", "settings", "seed", "data_root", "size", "device", "unet", "dip",
-             "mcdo", "evidence", "tvmap", "predictive", "metrics", "figures"}
+             "dip_evidence", "mcdo", "evidence", "tvmap", "predictive", "metrics", "figures"}
 _SETTING_KEYS = {"angles", "noise", "images", "kmnist", "size", "htc2022", "detector_binning"}
 _NAMED_IMAGES = ("dicom", "shepp_logan")
 
@@ -121,6 +122,7 @@ class StudyConfig:
     device: str = "cpu"
     unet: dict = field(default_factory=dict)
     dip: DIPConfig = field(default_factory=DIPConfig)
+    dip_evidence: dict = field(default_factory=dict)
     mcdo: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
     tvmap: dict = field(default_factory=dict)
@@ -151,8 +153,8 @@ class StudyConfig:
             settings.append(entry)
         out = {"name": self.name, "methods": list(self.methods), "settings": settings,
                "seed": self.seed, "data_root": self.data_root, "device": self.device}
-        for name in ("unet", "dip", "mcdo", "evidence", "tvmap", "predictive", "metrics",
-                     "figures"):
+        for name in ("unet", "dip", "dip_evidence", "mcdo", "evidence", "tvmap", "predictive",
+                     "metrics", "figures"):
             out[name] = self.section(name)
         return out
 
@@ -193,13 +195,11 @@ class StudyConfig:
         if not isinstance(device, str):
             raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
         sections = {}
-        for key in ("unet", "mcdo", "evidence", "tvmap", "predictive"):
+        for key in ("unet", "dip_evidence", "mcdo", "evidence", "tvmap", "predictive"):
             section = values.get(key) or {}
             if not isinstance(section, dict):
                 raise TypeError(f"{key} must be a mapping, got {type(section).__name__}")
             sections[key] = dict(section)
-        if "preset" in sections["unet"] and not isinstance(sections["unet"]["preset"], str):
-            raise TypeError(f"unet.preset must be a preset name, got {sections['unet']['preset']!r}")
         dip_values = values.get("dip") or {}
         if not isinstance(dip_values, dict):
             raise TypeError(f"dip must be a mapping of DIPConfig fields, got {type(dip_values).__name__}")
@@ -207,6 +207,7 @@ class StudyConfig:
             dip = DIPConfig.from_dict(dip_values)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"dip: {exc}") from exc
+        _check_unet(sections["unet"], dip)
         config = cls(name=name.strip(), methods=tuple(methods),
                    settings=_expand_settings(values["settings"], size),
                    seed=int(seed), data_root=None if data_root is None else str(data_root),
@@ -236,6 +237,20 @@ def load_study_config(config: "StudyConfig | dict | str | os.PathLike") -> Study
     except yaml.YAMLError as exc:
         raise ValueError(f"config: {path} is not valid YAML ({exc})") from exc
     return StudyConfig.from_dict(values if values is not None else {})
+
+
+def _check_unet(options: dict, dip: DIPConfig) -> None:
+    """Build the configured U-Net once, so a bad preset or override fails at load time."""
+    if not options:
+        return
+    options = dict(options)
+    preset = options.pop("preset", dip.unet or "kmnist")
+    if not isinstance(preset, str):
+        raise TypeError(f"unet.preset must be a preset name, got {preset!r}")
+    try:
+        unet_preset(preset, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"unet: {exc}") from exc
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:

@@ -4,11 +4,15 @@
 name               label                       predictive
 =================  ==========================  ==============================================
 ``dip``            DIP (σ²=1)                  ``N(x̂, c_A I)`` (``bayes_dip.baselines``)
-``dip-evidence``   DIP (evidence σ²)           ``N(x̂, σ_y² c_A I)``, σ_y² by its evidence
+``dip-evidence``   DIP (evidence σ²)           ``N(x̂, σ_y² c_A I)``, σ_y² by evidence (*)
 ``mcdo``           DIP-MCDO                    Gaussian fit to MC-dropout samples (own net)
 ``lin-dip-mll``    Linearised DIP (MLL)        linearised DIP, type-II ML hyperparameters
 ``lin-dip-tvmap``  Linearised DIP (TV-MAP)     linearised DIP, evidence + TV-PredCP
 =================  ==========================  ==============================================
+
+(*) ``dip_evidence: {noise_variance: own}`` (default): σ_y² maximises the closed-form
+evidence of the homoscedastic model itself; ``mll``: σ_y² of the linearised DIP's MLL
+evidence (the paper's "DIP (MLL σ²)"; shared with ``lin-dip-mll``, optimised once).
 
 ``dip``, ``dip-evidence`` and the linearised methods share the DIP of the image
 (:meth:`MethodContext.dip`); ``mcdo`` trains its own dropout network without TV. Each
@@ -71,17 +75,38 @@ def _homoscedastic(ctx: MethodContext, evidence: bool) -> Prediction:
     dip = ctx.dip()
     start = time.perf_counter()
     c = _variance_factor(ctx)
+    seconds = {"dip": dip.seconds}
     if evidence:
-        pred = dip_evidence_predictive(dip.recon, ctx.ray_trafo, ctx.y, variance_factor=c)
+        noise_variance = None
+        if ctx.config.dip_evidence.get("noise_variance", "own") == "mll":
+            _, mll = _optimize(ctx, tvmap=False)
+            noise_variance = mll.noise_variance
+            seconds.update(ctx.image_cache["linearized"][0].seconds)
+            seconds.pop("predictive", None)
+            start = time.perf_counter()
+        pred = dip_evidence_predictive(dip.recon, ctx.ray_trafo, ctx.y, variance_factor=c,
+                                       noise_variance=noise_variance)
+        seconds["evidence"] = seconds.get("evidence", 0.0) + time.perf_counter() - start
     else:
         pred = dip_fixed_predictive(dip.recon, ctx.ray_trafo, variance_factor=c)
-    stage = "evidence" if evidence else "predictive"
-    return Prediction(mean=pred.mean, std=pred.std, independent_pixels=True,
-                      seconds={"dip": dip.seconds, stage: time.perf_counter() - start},
+        seconds["predictive"] = time.perf_counter() - start
+    return Prediction(mean=pred.mean, std=pred.std, independent_pixels=True, seconds=seconds,
                       info={"noise_variance": pred.noise_variance,
                             "variance_factor": pred.variance_factor,
                             "pixel_variance": pred.variance,
                             "dip_best_iteration": dip.best_iteration})
+
+
+def _check_dip_evidence(config: Any) -> None:
+    section = config.dip_evidence
+    _check_keys(section, {"noise_variance"}, "dip_evidence")
+    source = section.get("noise_variance", "own")
+    if source not in ("own", "mll"):
+        raise ValueError(f"dip_evidence.noise_variance must be 'own' (closed-form evidence of "
+                         f"the homoscedastic model) or 'mll' (σ_y² of the linearised DIP's MLL "
+                         f"evidence), got {source!r}")
+    if source == "mll":
+        _check_linearized(config)
 
 
 _MCDO_KEYS = {"dropout_p", "num_samples", "batch_size"}
@@ -203,7 +228,10 @@ def _check_tvmap(config: Any) -> None:
                          "scale · gamma · numel(y))")
 
 
-def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
+def _optimize(ctx: MethodContext, tvmap: bool):
+    """The image's shared linearisation with its hyperparameters optimised by MLL or TV-MAP
+    (from the initial values; checkpointed under ``cache_dir``, so MLL run by two methods is
+    optimised once). Returns ``(LinearizedDIP, EvidenceResult)``."""
     from bayes_dip.linearized import LinearizedDIP
 
     dip = ctx.dip()
@@ -226,6 +254,12 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
         mode, tv.get("predcp_scale", 1.0) if tvmap else None, steps=steps, weights=weights,
         predcp_samples=tv.get("predcp_samples", 20), progress=ctx.progress,
         checkpoint_path=ctx.cache_dir / f"evidence-{name}.pt", seed=ctx.seed(3), **ev)
+    return lin, evidence
+
+
+def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
+    dip = ctx.dip()
+    lin, evidence = _optimize(ctx, tvmap)
     pr = dict(ctx.config.predictive)
     num_samples = pr.pop("num_samples", 1024)
     image_noise = pr.pop("image_noise", "auto")
@@ -253,8 +287,8 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
 
 for _spec in (
     MethodSpec("dip", "DIP (σ²=1)", ("dip", "unet"), lambda ctx: _homoscedastic(ctx, False)),
-    MethodSpec("dip-evidence", "DIP (evidence σ²)", ("dip", "unet"),
-               lambda ctx: _homoscedastic(ctx, True)),
+    MethodSpec("dip-evidence", "DIP (evidence σ²)", ("dip", "unet", "dip_evidence", "evidence"),
+               lambda ctx: _homoscedastic(ctx, True), _check_dip_evidence),
     MethodSpec("mcdo", "DIP-MCDO", ("dip", "unet", "mcdo"), _mcdo, _check_mcdo),
     MethodSpec("lin-dip-mll", "Linearised DIP (MLL)", ("dip", "unet", "evidence", "predictive"),
                lambda ctx: _linearized(ctx, False), _check_linearized),
