@@ -25,6 +25,14 @@ def problem(n: int = 24):
     return model, x, y
 
 
+def _unflatten(model: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = theta[start:start + p.numel()].view(p.shape)
+        start += p.numel()
+    return out
+
+
 def test_largest_variance_subnetwork_picks_top_weights_and_restricts_the_ggn():
     model, x, y = problem()
     diag = Laplace(model, "classification", structure="diag", prior_precision=0.7).fit((x, y))
@@ -44,6 +52,15 @@ def test_largest_variance_subnetwork_picks_top_weights_and_restricts_the_ggn():
     torch.testing.assert_close(subnet.posterior_precision_matmul(eye), all_prec[chosen][:, chosen],
                                rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(subnet.mean, full.mean[chosen])
+    sub_diag = Laplace(model, "classification", subset=sub, structure="diag", prior_precision=0.7).fit((x, y))
+    torch.testing.assert_close(1 / sub_diag.posterior_variance, all_prec.diagonal()[chosen], rtol=1e-10, atol=1e-12)
+    # GLM predictive with the Jacobian columns of the subnetwork
+    jac = torch.autograd.functional.jacobian(
+        lambda t: torch.func.functional_call(model, _unflatten(model, t), (x[:4],)),
+        torch.cat([p.detach().reshape(-1) for p in model.parameters()]))[:, :, chosen]
+    for la in (subnet, sub_diag):
+        _, cov = la.glm_predictive(x[:4])
+        torch.testing.assert_close(cov, jac @ la.posterior_covariance @ jac.mT, rtol=1e-8, atol=1e-12)
     probs = subnet.predict(x[:4])
     assert probs.shape == (4, 3) and not probs.requires_grad
 

@@ -66,22 +66,25 @@ def _rows_by_func(fn: ModelFunction, curv: OutputCurvature, batches: Batches, th
 
 def _rows_by_layers(fn: ModelFunction, curv: OutputCurvature, batches: Batches, theta: Tensor,
                     acc: _Accumulator, progress: bool) -> None:
-    locals_ = [local.rpartition(".") for local in fn._local]
+    locals_ = [(*local.rpartition("."), idx) for local, idx in zip(fn._local, fn.subset.indices)]
     for layers, acts, columns in layer_passes(fn, curv, batches, theta, progress, "GGN"):
         a_rows = {m: input_rows(layer.module, acts[m]) for m, layer in layers.items() if "weight" in layer.attrs}
         batch = next(iter(acts.values())).shape[0]
-        chunk = max(1, ROW_BUDGET // max(1, theta.numel()))
+        full_size = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                        for m in (layer.module for layer in layers.values()))
+        chunk = max(1, ROW_BUDGET // max(1, full_size))
         for grads in columns:
             g_rows = {m: output_rows(layers[m].module, g) for m, g in grads.items()}
             for start in range(0, batch, chunk):
                 sl = slice(start, start + chunk)
                 parts = []
-                for mod_name, _, attr in locals_:
+                for mod_name, _, attr, idx in locals_:
                     g = g_rows[mod_name][sl]
                     if attr == "weight":
-                        parts.append(example_weight_grads(a_rows[mod_name][sl], g).flatten(1))
+                        part = example_weight_grads(a_rows[mod_name][sl], g).flatten(1)
                     else:
-                        parts.append(g.sum(1))
+                        part = g.sum(1)
+                    parts.append(part if idx is None else part[:, idx.to(part.device)])
                 acc.add(torch.cat(parts, 1))
 
 
@@ -93,7 +96,7 @@ def _single_linear_ggn(fn: ModelFunction, curv: OutputCurvature, batches: Batche
     ``Λ_z = Σ_r g_r g_rᵀ``, the block is ``Σ_n Λ_z,n ⊗ ã_n ã_nᵀ``: ``R`` times cheaper than
     summing ``MᵀM`` over the ``R`` factor columns.
     """
-    if len({local.rpartition(".")[0] for local in fn._local}) != 1:
+    if fn.subset.is_partial or len({local.rpartition(".")[0] for local in fn._local}) != 1:
         return None
     attrs = [local.rpartition(".")[2] for local in fn._local]
     if attrs[0] != "weight":
@@ -128,7 +131,7 @@ def _diagonal_by_layers(fn: ModelFunction, curv: OutputCurvature, batches: Batch
     """``Σ M²`` per parameter tensor without forming rows: ``(g²)ᵀ(a²)`` for a layer applied once
     per example, squared per-example gradients otherwise."""
     locals_ = [local.rpartition(".") for local in fn._local]
-    parts = [torch.zeros(size, dtype=torch.float64, device=theta.device) for size in fn.subset.sizes]
+    parts = [torch.zeros(shape.numel(), dtype=torch.float64, device=theta.device) for shape in fn.subset.shapes]
     for layers, acts, columns in layer_passes(fn, curv, batches, theta, progress, "diag GGN"):
         a_rows = {m: input_rows(layer.module, acts[m]) for m, layer in layers.items() if "weight" in layer.attrs}
         for grads in columns:
@@ -145,7 +148,7 @@ def _diagonal_by_layers(fn: ModelFunction, curv: OutputCurvature, batches: Batch
                     d = sum((example_weight_grads(a[i:i + chunk], g[i:i + chunk]) ** 2).sum(0)
                             for i in range(0, g.shape[0], chunk))
                 part += d.reshape(-1).to(torch.float64)
-    return torch.cat(parts)
+    return torch.cat([p if idx is None else p[idx.to(p.device)] for p, idx in zip(parts, fn.subset.indices)])
 
 
 def dense_ggn(fn: ModelFunction, curv: OutputCurvature, batches: Batches, theta: Tensor,

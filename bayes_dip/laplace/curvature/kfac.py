@@ -35,7 +35,7 @@ class KronBlock:
 def kfac_blocks(fn: ModelFunction, curv: OutputCurvature, batches: Batches, theta: Tensor,
                 progress: bool = False) -> list[KronBlock]:
     """KFAC blocks of the unit-noise GGN, one per subset parameter tensor, in subset order."""
-    check_layers(fn, "structure='kfac'")
+    check_layers(fn, "structure='kfac'", whole=True)
     sums: dict[tuple[str, str], Tensor] = {}
     rows_total: dict[str, int] = {}
 

@@ -39,9 +39,10 @@ def _owner(fn: ModelFunction, local: str) -> tuple[str, nn.Module, str]:
     return mod_name, fn.root.get_submodule(mod_name), attr
 
 
-def check_layers(fn: ModelFunction, what: str) -> None:
-    """Raise ValueError naming the parameter/layer if the layer-wise path cannot handle the subset."""
-    if fn.subset.is_partial:
+def check_layers(fn: ModelFunction, what: str, whole: bool = True) -> None:
+    """Raise ValueError naming the parameter/layer if the layer-wise path cannot handle the subset
+    (``whole``: also if it selects single entries of a tensor)."""
+    if whole and fn.subset.is_partial:
         raise ValueError(f"{what} needs whole parameter tensors; the subset selects single entries "
                          "(use structure='full' or 'diag' for such subnetworks)")
     for name, local in zip(fn.subset.names, fn._local):
@@ -59,9 +60,9 @@ def check_layers(fn: ModelFunction, what: str) -> None:
 
 
 def supported_layers(fn: ModelFunction) -> bool:
-    """True if every subset parameter is a whole weight/bias of a supported layer."""
+    """True if every subset parameter is (part of) a weight/bias of a supported layer."""
     try:
-        check_layers(fn, "")
+        check_layers(fn, "", whole=False)
     except ValueError:
         return False
     return True
@@ -187,15 +188,16 @@ def jacobian_terms(fn: ModelFunction, theta: Tensor, inputs: Tensor) -> tuple[Te
         for m, g in grads.items():
             per_out[m].append(output_rows(layers[m].module, g))  # (B, T, d_out)
     terms = []
-    for local in fn._local:
+    for local, idx in zip(fn._local, fn.subset.indices):
         mod_name, _, attr = local.rpartition(".")
         g = torch.stack(per_out[mod_name], 1)  # (B, n_out, T, d_out)
         if attr == "bias":
-            terms.append(JacobianTerm(g.sum(2)))
-            continue
-        a = input_rows(layers[mod_name].module, fwd.acts[mod_name])  # (B, T, d_in)
-        if a.shape[1] == 1:
-            terms.append(JacobianTerm(g[:, :, 0], a[:, 0]))
+            term = JacobianTerm(g.sum(2))
         else:
-            terms.append(JacobianTerm(torch.einsum("bcto,bti->bcoi", g, a).flatten(2)))
+            a = input_rows(layers[mod_name].module, fwd.acts[mod_name])  # (B, T, d_in)
+            if a.shape[1] == 1:
+                term = JacobianTerm(g[:, :, 0], a[:, 0])
+            else:
+                term = JacobianTerm(torch.einsum("bcto,bti->bcoi", g, a).flatten(2))
+        terms.append(term if idx is None else JacobianTerm(term.dense()[:, :, idx.to(f.device)]))
     return f, terms
