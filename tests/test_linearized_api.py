@@ -42,8 +42,9 @@ def test_exact_mll_and_tv_map(problem):
     assert math.isfinite(result.log_likelihood(truth, patch_size=2))
     assert {"structure", "evidence", "predictive"} <= set(result.seconds)
 
-    tv_map = LinearizedDIP(net, x, rt, y, gamma=1e-3)
-    res = tv_map.optimize_hyperparameters("exact", predcp_scale=1.0, steps=40, progress=False)
+    lin.reset_hyperparameters()  # TV-MAP on the same Grams
+    assert float(lin.model.noise_variance.detach()) == pytest.approx(1.0) and lin.evidence is None
+    res = lin.optimize_hyperparameters("exact", predcp_scale=1.0, steps=40, progress=False)
     assert all(math.isfinite(v) for v in res.history["predcp"])
     # the PredCP prior pulls the GP lengthscales apart from the MLL solution
     assert res.hyperparameters["down_0"]["lengthscale"] != pytest.approx(
@@ -79,6 +80,8 @@ def test_bad_inputs(problem):
         lin.optimize_hyperparameters(predcp_scale=1.0, steps=1, progress=False)
     with pytest.raises(ValueError, match="mode"):
         lin.resolve_mode("fast")
+    with pytest.raises(ValueError, match="lengthscale"):
+        lin.reset_hyperparameters(lengthscale=0.0)
     with pytest.raises(ValueError, match="y must have shape"):
         LinearizedDIP(net, x, rt, y[..., 1:])
     with pytest.raises(ValueError, match="recon"):

@@ -50,7 +50,8 @@ def test_matrix_free_kyy_matches_dense(setup):
         torch.testing.assert_close(obs.to_dense(batch_size=17), dense, rtol=0, atol=1e-10)
         img = ImageCovariance(jac, prior)
         u = torch.randn(64, 2, dtype=F64)
-        torch.testing.assert_close(img.matmul(u), j @ _dense_sigma(prior) @ j.T @ u, rtol=0, atol=1e-10)
+        torch.testing.assert_close(img.matmul(u), j @ _dense_sigma(prior) @ j.T @ u,
+                                   rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("variant", ["blocks", "weight_scale", "gprior"])
@@ -83,7 +84,8 @@ def test_gaussian_nll_value_and_gradients(setup):
         log_noise.grad = None
         value = sc.gaussian_nll(prior, log_noise.exp(), residual)
         value.backward()
-        fast = [prior.log_variance.grad.clone(), prior.log_lengthscale.grad.clone(), log_noise.grad.clone()]
+        fast = [prior.log_variance.grad.clone(), prior.log_lengthscale.grad.clone(),
+                log_noise.grad.clone()]
         prior.zero_grad()
         log_noise.grad = None
         k = sc.observation_covariance(prior, log_noise.exp())

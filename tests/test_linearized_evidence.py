@@ -55,7 +55,8 @@ def test_negative_log_evidence_closed_forms(parts):
         laplace = (0.5 * r @ r / nv + 0.5 * theta @ torch.linalg.solve(sigma, theta)
                    + 0.5 * a.shape[0] * math.log(2 * math.pi * nv)
                    + 0.5 * torch.logdet(sigma) + 0.5 * torch.logdet(hess))
-        torch.testing.assert_close(negative_log_evidence(model, sc, "map"), laplace, rtol=1e-9, atol=0)
+        torch.testing.assert_close(negative_log_evidence(model, sc, "map"), laplace,
+                                   rtol=1e-9, atol=0)
         # linearised mode: the Gaussian marginal likelihood y ~ N(A(x̂ − Jθ̂), K_yy)
         mean = a @ (jac.output.reshape(-1) - j @ theta)
         gauss = -torch.distributions.MultivariateNormal(mean, k).log_prob(yv)

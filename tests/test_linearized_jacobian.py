@@ -29,7 +29,8 @@ def test_layout_covers_conv_weights_only():
     assert layout.num_params == sum(m.weight.numel() for m in convs)
     assert all(p.endswith(".weight") for p in layout.params)
     kinds = {b.name: b.kind for b in layout.blocks}
-    assert kinds == {"inc": "gp", "down_0": "gp", "up_0": "gp", "skip_0": "normal", "outc": "normal"}
+    assert kinds == {"inc": "gp", "down_0": "gp", "up_0": "gp", "skip_0": "normal",
+                     "outc": "normal"}
     assert all(b.num_filters * b.filter_numel == b.size for b in layout.blocks)
 
 
@@ -66,7 +67,8 @@ def test_low_rank_jacobian_exact_at_full_rank():
     net, x = _setup()
     jac = NetworkJacobian(net, x)
     dense = jac.dense()
-    svd = jac.low_rank(rank=64, oversample=0, power_iters=1, generator=torch.Generator().manual_seed(0))
+    svd = jac.low_rank(rank=64, oversample=0, power_iters=1,
+                       generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(svd.U * svd.S @ svd.V.T, dense, rtol=0, atol=1e-9)
     top = jac.low_rank(rank=5, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(top.S, torch.linalg.svdvals(dense)[:5], rtol=1e-6, atol=0)

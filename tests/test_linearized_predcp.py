@@ -1,4 +1,4 @@
-"""TV-PredCP: exact Gaussian-edge form vs brute force and Monte Carlo; sampled estimator's gradients."""
+"""TV-PredCP: exact Gaussian-edge form vs brute force and Monte Carlo; the sampled estimator."""
 from __future__ import annotations
 
 import math
@@ -109,7 +109,8 @@ def test_exact_derivatives_match_finite_differences(parts):
 def test_sampled_surrogate_value_and_gradient(parts):
     jac, sc, j = parts
     prior = _prior(jac)
-    sampled = SampledTVPredCP(jac, rate=2.0, num_samples=8, generator=torch.Generator().manual_seed(0))
+    sampled = SampledTVPredCP(jac, rate=2.0, num_samples=8,
+                              generator=torch.Generator().manual_seed(0))
     kappa = sampled.surrogates(prior)
     # the value is the mean TV of the samples; with common random numbers it is a smooth
     # function of the hyperparameters (between sign changes), so its gradient = finite differences

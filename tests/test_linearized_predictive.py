@@ -1,4 +1,4 @@
-"""Predictive posterior: exact = conjugate Gaussian posterior of the linear model; Matheron samples."""
+"""Predictive: exact = conjugate Gaussian posterior of the linear model; Matheron samples."""
 from __future__ import annotations
 
 import math

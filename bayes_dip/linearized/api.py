@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -113,6 +114,20 @@ class LinearizedDIP:
         self._structured: StructuredCovariance | None = None
         self.seconds: dict[str, float] = {}
 
+    def reset_hyperparameters(self, variance: float = 1.0, lengthscale: float = 0.1,
+                              noise_variance: float = 1.0) -> None:
+        """Set all ``σ_d²``, ``ℓ_d`` and ``σ_y²`` (e.g. to start a TV-MAP run after an MLL run
+        on the same Grams); clears the last evidence result."""
+        for name, value in (("variance", variance), ("lengthscale", lengthscale),
+                            ("noise_variance", noise_variance)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        with torch.no_grad():
+            self.model.prior.log_variance.fill_(math.log(variance))
+            self.model.prior.log_lengthscale.fill_(math.log(lengthscale))
+            self.model.log_noise_variance.fill_(math.log(noise_variance))
+        self.evidence, self.mode = None, None
+
     # -- structure -------------------------------------------------------------------------
     def exact_memory_estimate(self) -> int:
         """Bytes of the exact mode: dense Jacobian + float64 image and observation Grams."""
@@ -212,8 +227,8 @@ class LinearizedDIP:
         else:
             samples = pred.samples
         return UncertaintyResult(pred.mean, pred.std(), samples, self.model.prior.hyperparameters(),
-                                 float(self.model.noise_variance.detach()), pred.image_noise, mode, pred,
-                                 self.evidence, dict(self.seconds))
+                                 float(self.model.noise_variance.detach()), pred.image_noise, mode,
+                                 pred, self.evidence, dict(self.seconds))
 
 
 def estimate_uncertainty(net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor, *,

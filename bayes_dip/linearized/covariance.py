@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -122,13 +120,14 @@ class ObservationCovariance:
         """Randomized Nyström ``P = U Λ Uᵀ + σ_y² I ≈ K_yy`` (``rank + oversample`` products)."""
         with torch.no_grad():
             return NystromPreconditioner(self.matmul_noiseless, self.shape[0], rank,
-                                         shift=float(self.noise_variance.detach()), generator=generator,
-                                         oversample=oversample, dtype=self.dtype, device=self.device)
+                                         shift=float(self.noise_variance.detach()),
+                                         generator=generator, oversample=oversample,
+                                         dtype=self.dtype, device=self.device)
 
 
 def joint_block_basis(mats: Tensor, tol: float = 1e-10) -> tuple[Tensor, list[list[int]]]:
-    """Orthogonal ``Q (m, m)`` and index groups such that every ``Qᵀ D Q`` (``D`` in ``mats (C, m, m)``,
-    symmetric) is block diagonal with blocks ``groups``.
+    """Orthogonal ``Q (m, m)`` and index groups such that every ``Qᵀ D Q`` (``D`` in
+    ``mats (C, m, m)``, symmetric) is block diagonal with blocks ``groups``.
 
     The eigenspaces of a random symmetric matrix commuting with all ``D`` are invariant
     under all of them; the commutant is the null space of ``X ↦ (XD − DX)_D``.
@@ -160,13 +159,19 @@ def joint_block_basis(mats: Tensor, tol: float = 1e-10) -> tuple[Tensor, list[li
 
 
 class _PackedGaussianNLL(torch.autograd.Function):
-    """``½ log|K| + ½ rᵀ K⁻¹ r`` with ``K = Σ_t w_t N_t + σ² I`` (lower-packed ``N``), float64."""
+    """``½ log|K| + ½ rᵀ K⁻¹ r`` with ``K = Σ_t w_t N_t + σ² I`` (lower-packed ``N``), float64.
+
+    ``flat`` are the row-major positions of the packed entries in ``K``, ``mult`` their
+    multiplicity in ``⟨G, N_t⟩`` (1 on the diagonal, 2 below), ``buf`` an ``n²`` workspace
+    whose upper triangle is never read (Cholesky uses the lower one).
+    """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, noise_var: Tensor, grams: Tensor, rows: Tensor,
-                cols: Tensor, n: int, residual: Tensor | None) -> Tensor:
-        k = torch.zeros(n, n, dtype=grams.dtype, device=grams.device)
-        k[rows, cols] = weights @ grams
+    def forward(ctx, weights: Tensor, noise_var: Tensor, grams: Tensor, flat: Tensor,
+                mult: Tensor, buf: Tensor, residual: Tensor | None) -> Tensor:
+        n = math.isqrt(buf.numel())
+        buf.index_copy_(0, flat, weights @ grams)
+        k = buf.view(n, n)
         k.diagonal().add_(noise_var)
         chol, info = torch.linalg.cholesky_ex(k)
         if int(info) != 0:
@@ -177,18 +182,19 @@ class _PackedGaussianNLL(torch.autograd.Function):
         if residual is not None:
             alpha = torch.cholesky_solve(residual.unsqueeze(1), chol).squeeze(1)
             value = value + 0.5 * residual @ alpha
-        ctx.save_for_backward(grams, rows, cols, chol, alpha)
+        ctx.save_for_backward(grams, flat, mult, chol, alpha)
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grams, rows, cols, chol, alpha = ctx.saved_tensors
-        g = 0.5 * torch.cholesky_inverse(chol)
+        grams, flat, mult, chol, alpha = ctx.saved_tensors
+        g = torch.cholesky_inverse(chol)  # d(½ log|K|)/dK = ½ K⁻¹
         if alpha is not None:
-            g = g - 0.5 * torch.outer(alpha, alpha)
-        packed = g[rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(g.dtype)
+            g = g - torch.outer(alpha, alpha)
+        g = 0.5 * g.reshape(-1)
+        packed = g.index_select(0, flat) * mult
         grad_w = grams @ packed * grad
-        grad_noise = g.diagonal().sum() * grad
+        grad_noise = g[::math.isqrt(g.numel()) + 1].sum() * grad
         return grad_w, grad_noise, None, None, None, None, None
 
 
@@ -215,7 +221,11 @@ class StructuredCovariance:
         self.n_obs = n_obs
         self.im_shape = im_shape
         self.ray_trafo = ray_trafo
-        self._rows, self._cols = torch.tril_indices(n_obs, n_obs, device=obs_grams.device)
+        rows, cols = torch.tril_indices(n_obs, n_obs, device=device)
+        self._rows, self._cols = rows, cols
+        self._flat = rows * n_obs + cols
+        self._mult = torch.where(rows == cols, 1.0, 2.0).to(obs_grams.dtype)
+        self._buf = torch.zeros(n_obs * n_obs, dtype=obs_grams.dtype, device=device)
 
     @classmethod
     def build(cls, jac: NetworkJacobian, ray_trafo, prior: WeightPrior, *, batch_size: int = 64,
@@ -235,7 +245,8 @@ class StructuredCovariance:
             else:
                 bufs.append(torch.empty(n, block.size, dtype=jac.dtype, device=jac.device))
         eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
-        scale = None if prior.weight_scale is None else prior.weight_scale.to(jac.dtype).unsqueeze(1)
+        scale = prior.weight_scale
+        scale = None if scale is None else scale.to(jac.dtype).unsqueeze(1)
         steps = range(0, n, batch_size)
         for i in tqdm(steps, desc="Jacobian", disable=not progress, leave=False):
             with torch.no_grad():
@@ -245,7 +256,8 @@ class StructuredCovariance:
             c = g.shape[1]
             for block, buf, part in zip(layout.blocks, bufs, layout.split(g)):
                 if block.kind == "gp":
-                    buf[:, i:i + c] = part.reshape(block.num_filters, block.filter_numel, c).permute(1, 2, 0)
+                    filters = part.reshape(block.num_filters, block.filter_numel, c)
+                    buf[:, i:i + c] = filters.permute(1, 2, 0)
                 else:
                     buf[i:i + c] = part.mT
         del eye
@@ -332,8 +344,8 @@ class StructuredCovariance:
             if residual.numel() != self.n_obs:
                 raise ValueError(f"residual must have {self.n_obs} entries, got {residual.numel()}")
         nv = noise_variance.to(self.obs_grams.dtype).reshape(())
-        return _PackedGaussianNLL.apply(self.weights(prior), nv, self.obs_grams, self._rows,
-                                        self._cols, self.n_obs, residual)
+        return _PackedGaussianNLL.apply(self.weights(prior), nv, self.obs_grams, self._flat,
+                                        self._mult, self._buf, residual)
 
     def edge_variance_terms(self) -> Tensor:
         """``q_t (T, n_edges)``: ``Var`` of each image difference (vertical then horizontal, as

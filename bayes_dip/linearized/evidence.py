@@ -3,7 +3,8 @@
 Negative log evidence of the linearised model, minimised with Adam over
 ``log σ_d²``, ``log ℓ_d`` and ``log σ_y²``:
 
-    ``½ log|K_yy| + ½ ‖y − A x̂‖² / σ_y² + ½ θ*ᵀ Σ_θ⁻¹ θ* + ½ n log 2π``  (``θ* = θ̂``, ``weights="map"``)
+    ``½ log|K_yy| + ½ ‖y − A x̂‖² / σ_y² + ½ θ*ᵀ Σ_θ⁻¹ θ* + ½ n log 2π``
+    (``θ* = θ̂``, ``weights="map"``)
 
 or, with ``θ*`` the mode of the linearised model (``weights="linearized_mode"``), the exact
 Gaussian marginal likelihood ``−log N(y | A(x̂ − J θ̂), K_yy)``. With a PredCP hyperprior
@@ -169,7 +170,8 @@ class _StochasticObjective:
             if precond is not None:
                 z = precond.sample_probes(s, self.generator)
             else:
-                z = torch.randn(n, s, generator=self.generator, dtype=dtype, device=model.jac.device)
+                z = torch.randn(n, s, generator=self.generator, dtype=dtype,
+                                device=model.jac.device)
             rhs = z
             if cfg.weights == "linearized_mode":
                 r = model.prior_mean_residual.to(dtype).unsqueeze(1)
@@ -183,7 +185,8 @@ class _StochasticObjective:
         nv = model.noise_variance
         if cfg.weights == "map":
             residual = model.residual
-            fit = 0.5 * residual.square().sum() / nv + 0.5 * model.prior.quadratic(scatter=model.theta_scatter)
+            fit = (0.5 * residual.square().sum() / nv
+                   + 0.5 * model.prior.quadratic(scatter=model.theta_scatter))
         else:
             alpha = sol[:, s:]
             r = model.prior_mean_residual
@@ -226,7 +229,9 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     optimizer = torch.optim.Adam(params, lr=config.lr)
     generator = torch.Generator(device=model.jac.device).manual_seed(config.seed)
     history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
-    stochastic = _StochasticObjective(model, config, generator) if config.mode == "stochastic" else None
+    stochastic = None
+    if config.mode == "stochastic":
+        stochastic = _StochasticObjective(model, config, generator)
     if predcp is not None and hasattr(predcp, "generator") and predcp.generator is None:
         predcp.generator = generator
     path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -238,7 +243,8 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     bar = tqdm(range(start, config.steps), desc=f"evidence ({config.mode})",
                disable=not config.progress, initial=start, total=config.steps)
     for step in bar:
-        if stochastic is not None and (step % config.precond_every == 0 or stochastic.precond is None):
+        if stochastic is not None and (step % config.precond_every == 0
+                                       or stochastic.precond is None):
             stochastic.refresh_preconditioner()
         optimizer.zero_grad(set_to_none=True)
         stats = {"cg_iterations": float("nan"), "cg_residual": float("nan")}
@@ -256,11 +262,13 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
         optimizer.step()
         _record(history, objective, nle_value, pc, model, stats, elapsed + time.perf_counter() - t0)
         if config.progress:
-            post = {"nle/obs": f"{nle_value:.4g}", "σ_y²": f"{float(model.noise_variance.detach()):.3g}"}
+            post = {"nle/obs": f"{nle_value:.4g}",
+                    "σ_y²": f"{float(model.noise_variance.detach()):.3g}"}
             if stochastic is not None:
                 post.update(cg_it=int(stats["cg_iterations"]), cg_res=f"{stats['cg_residual']:.1e}")
             bar.set_postfix(post, refresh=False)
-        if path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+        done = step + 1
+        if path is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             _save(path, step + 1, model, optimizer, history, generator, stochastic, config,
                   elapsed + time.perf_counter() - t0)
     bar.close()
@@ -286,8 +294,8 @@ def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.
     precond = None
     if stochastic is not None and stochastic.precond is not None:
         precond = (stochastic.precond.eigvecs, stochastic.precond.eigvals, stochastic.precond.shift)
-    state = {"step": step, "hyperparameters": {k: v.detach().clone() for k, v in model.state_dict().items()
-                                               if k in _hyper_keys(model)},
+    hyper = {name: p.detach().clone() for name, p in model.named_parameters()}
+    state = {"step": step, "hyperparameters": hyper,
              "optimizer": optimizer.state_dict(), "history": history,
              "generator": generator.get_state(), "precond": precond,
              "config": asdict(config), "seconds": seconds}
@@ -295,10 +303,6 @@ def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def _hyper_keys(model: LinearizedModel) -> set[str]:
-    return {name for name, _ in model.named_parameters()}
 
 
 def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,

@@ -25,7 +25,7 @@ __all__ = ["NetworkJacobian", "gprior_scale", "apply_ray_trafo", "apply_ray_traf
 
 
 class NetworkJacobian:
-    """``J`` of ``net(net_input)`` at the current weights ``θ̂`` (a frozen copy of ``net`` in eval mode).
+    """``J`` of ``net(net_input)`` at its current weights ``θ̂`` (of a frozen eval-mode copy).
 
     Args:
         net: the trained network (not modified; a copy is taken).
@@ -44,8 +44,8 @@ class NetworkJacobian:
         if not isinstance(net_input, Tensor) or net_input.dim() != 4 or net_input.shape[0] != 1:
             raise ValueError("net_input must be a tensor of shape (1, C, H, W), got "
                              f"{tuple(getattr(net_input, 'shape', ()))}")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
+        if chunk_size is not None and (isinstance(chunk_size, bool)
+                                       or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
         self.layout: WeightLayout = weight_layout(net, blocks)
         dtype = dtype or next(net.parameters()).dtype
@@ -64,7 +64,8 @@ class NetworkJacobian:
         with torch.no_grad():
             out = functional_call(self.net, state, (self.net_input,))
         if out.dim() != 4 or out.shape[:2] != (1, 1):
-            raise ValueError(f"net must output one single-channel image (1, 1, H, W), got {tuple(out.shape)}")
+            raise ValueError("net must output one single-channel image (1, 1, H, W), got "
+                             f"{tuple(out.shape)}")
         self.output = out.detach()
 
     @property
@@ -118,7 +119,8 @@ class NetworkJacobian:
     def dense(self, batch_size: int = 256) -> Tensor:
         """The dense Jacobian ``(n_pix, P)`` from ``n_pix`` VJPs in batches (small images only)."""
         eye = torch.eye(self.num_pixels, dtype=self.dtype, device=self.device)
-        rows = [self.vjp(eye[:, i:i + batch_size]).mT for i in range(0, self.num_pixels, batch_size)]
+        rows = [self.vjp(eye[:, i:i + batch_size]).mT
+                for i in range(0, self.num_pixels, batch_size)]
         return torch.cat(rows, 0)
 
     def low_rank(self, rank: int, oversample: int = 10, power_iters: int = 2,
@@ -169,14 +171,16 @@ def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
     if num_probes is None:
         eye = torch.eye(n_obs, dtype=jac.dtype, device=jac.device)
         for i in range(0, n_obs, batch_size):
-            total += jac.vjp(apply_ray_trafo_adjoint(ray_trafo, eye[:, i:i + batch_size])).square().sum(1)
+            rows = jac.vjp(apply_ray_trafo_adjoint(ray_trafo, eye[:, i:i + batch_size]))
+            total += rows.square().sum(1)
         mean = total / n_obs
     else:
         if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
             raise ValueError(f"num_probes must be None or a positive int, got {num_probes!r}")
         for i in range(0, num_probes, batch_size):
             k = min(batch_size, num_probes - i)
-            z = torch.randint(0, 2, (n_obs, k), generator=generator, device=jac.device).to(jac.dtype) * 2 - 1
+            z = torch.randint(0, 2, (n_obs, k), generator=generator, device=jac.device)
+            z = z.to(jac.dtype) * 2 - 1
             total += jac.vjp(apply_ray_trafo_adjoint(ray_trafo, z)).square().sum(1)
         mean = total / (num_probes * n_obs)
     return mean.clamp_min(eps ** 2).rsqrt()

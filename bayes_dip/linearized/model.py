@@ -67,7 +67,7 @@ class LinearizedModel(nn.Module):
 
     @cached_property
     def prior_mean_residual(self) -> Tensor:
-        """``y − A (x̂ − J θ̂)``: the data minus the prior mean of the linear model, ``(n_obs,)``."""
+        """``y − A (x̂ − J θ̂)``: data minus the prior mean of the linear model, ``(n_obs,)``."""
         with torch.no_grad():
             mean = self.jac.output.reshape(-1) - self.jac.jvp(self.jac.theta)
             proj = apply_ray_trafo(self.ray_trafo, mean.reshape(-1, 1)).reshape(-1)

@@ -55,15 +55,17 @@ def _check_rate(rate: float) -> float:
 
 
 class ExactTVPredCP:
-    """Exact ``Σ_d −log p(ℓ_d)`` from the Gaussian edge variances of a :class:`StructuredCovariance`."""
+    """Exact ``Σ_d −log p(ℓ_d)`` from the Gaussian edge variances of a StructuredCovariance."""
 
     def __init__(self, structured: StructuredCovariance, prior: WeightPrior, rate: float):
         if not isinstance(structured, StructuredCovariance):
-            raise TypeError(f"structured must be a StructuredCovariance, got {type(structured).__name__}")
+            raise TypeError("structured must be a StructuredCovariance, got "
+                            f"{type(structured).__name__}")
         self.rate = _check_rate(rate)
         q = structured.edge_variance_terms()
         gp = prior.layout.gp_indices
-        self._q = [q[[t for t, (d, _) in enumerate(structured.terms) if d == block]] for block in gp]
+        self._q = [q[[t for t, (d, _) in enumerate(structured.terms) if d == block]]
+                   for block in gp]
         self._radii = [getattr(prior, f"_radii_{prior.layout.blocks[d].kernel_size}") for d in gp]
 
     def kappa(self, prior: WeightPrior) -> tuple[Tensor, Tensor]:
@@ -107,7 +109,7 @@ class SampledTVPredCP:
         self.generator = generator
 
     def surrogates(self, prior: WeightPrior) -> Tensor:
-        """``κ̂_d(h)`` per GP block ``(n_gp,)``: value = mean TV of the samples, gradient unbiased."""
+        """``κ̂_d(h)`` per GP block ``(n_gp,)``: mean TV of the samples; unbiased gradient."""
         layout, s = prior.layout, self.num_samples
         gp = layout.gp_indices
         factors = prior.block_factors("sqrt")

@@ -62,7 +62,8 @@ def image_noise_variance(ray_trafo, noise_variance: float, rank: int = 100, rcon
 def _resolve_noise(model: LinearizedModel, image_noise: float | str) -> float:
     if image_noise == "auto":
         return image_noise_variance(model.ray_trafo, float(model.noise_variance.detach()))
-    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) or image_noise < 0:
+    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) \
+            or image_noise < 0:
         raise ValueError(f"image_noise must be 'auto' or a number >= 0, got {image_noise!r}")
     return float(image_noise)
 
@@ -118,7 +119,8 @@ def exact_predictive(model: LinearizedModel, structured: StructuredCovariance, *
     retried silently. ``mean`` defaults to ``x̂``.
     """
     if not isinstance(structured, StructuredCovariance):
-        raise TypeError(f"structured must be a StructuredCovariance, got {type(structured).__name__}")
+        raise TypeError("structured must be a StructuredCovariance, got "
+                        f"{type(structured).__name__}")
     eta2 = _resolve_noise(model, image_noise)
     with torch.no_grad():
         prior, nv = model.prior, model.noise_variance.to(torch.float64)
@@ -155,8 +157,8 @@ class SampledPredictive:
         return (err.square().mean(0, keepdim=True) + self.image_noise).sqrt()
 
     def patch_covariances(self, patch_size: int):
-        """Sample covariances per patch (see :func:`~bayes_dip.metrics.patch_covariances_from_samples`),
-        without ``η²``."""
+        """Sample covariances per patch, without ``η²``
+        (:func:`~bayes_dip.metrics.patch_covariances_from_samples`)."""
         return patch_covariances_from_samples(self.samples, patch_size)
 
     def log_likelihood(self, ground_truth: Tensor, patch_size: int = 10) -> LogLikelihood:
@@ -176,7 +178,8 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
     CG (Nyström preconditioner of rank ``precond_rank``, ``cg_tol`` relative residual).
     """
     for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
-                                 ("cg_max_iter", cg_max_iter, 1), ("precond_rank", precond_rank, 0)):
+                                 ("cg_max_iter", cg_max_iter, 1),
+                                 ("precond_rank", precond_rank, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     eta2 = _resolve_noise(model, image_noise)
@@ -186,7 +189,8 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
     with torch.no_grad():
         nv = model.noise_variance
         if structured is not None:
-            chol = torch.linalg.cholesky(structured.observation_covariance(prior, nv.to(torch.float64)))
+            kyy = structured.observation_covariance(prior, nv.to(torch.float64))
+            chol = torch.linalg.cholesky(kyy)
             cross = structured.cross_covariance(prior)
         elif precond_rank > 0:
             precond = model.obs_cov.preconditioner(min(precond_rank, model.num_obs - 1), generator)

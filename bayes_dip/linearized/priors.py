@@ -26,7 +26,7 @@ __all__ = ["BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "dis
            "WeightPrior", "KERNEL_JITTER"]
 
 KERNEL_JITTER = 1e-6
-"""Added to the diagonal of every unit-variance GP kernel ``K(ℓ)`` (keeps it invertible for large ℓ)."""
+"""Added to the diagonal of every unit-variance GP kernel ``K(ℓ)`` (invertible for large ℓ)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ def weight_layout(net: nn.Module, blocks: Sequence | None = None) -> WeightLayou
     start = 0
     for block in blocks:
         if block.kind not in ("gp", "normal"):
-            raise ValueError(f"block {block.name!r}: kind must be 'gp' or 'normal', got {block.kind!r}")
+            raise ValueError(f"block {block.name!r}: kind must be 'gp' or 'normal', "
+                             f"got {block.kind!r}")
         if not block.modules:
             raise ValueError(f"block {block.name!r} lists no modules")
         names, shapes, sizes = [], [], set()
@@ -113,7 +114,8 @@ def weight_layout(net: nn.Module, blocks: Sequence | None = None) -> WeightLayou
             seen.add(mod_name)
             kh, kw = mod.kernel_size
             if kh != kw:
-                raise ValueError(f"block {block.name!r}: {mod_name!r} has a non-square kernel {kh}×{kw}")
+                raise ValueError(f"block {block.name!r}: {mod_name!r} has a non-square kernel "
+                                 f"{kh}×{kw}")
             sizes.add(kh)
             names.append(f"{mod_name}.weight")
             shapes.append(tuple(mod.weight.shape))
@@ -258,8 +260,9 @@ class WeightPrior(nn.Module):
         pre = post = None  # diagonal g-prior scalings around the block-diagonal part
         if self.weight_scale is not None:
             s = self.weight_scale.to(v.dtype).unsqueeze(1)
-            pre, post = {("cov", False): (s, s), ("sqrt", False): (None, s),
-                         ("sqrt", True): (s, None), ("inv", False): (1 / s, 1 / s)}[(kind, transpose)]
+            scalings = {("cov", False): (s, s), ("sqrt", False): (None, s),
+                        ("sqrt", True): (s, None), ("inv", False): (1 / s, 1 / s)}
+            pre, post = scalings[(kind, transpose)]
         if pre is not None:
             v = v * pre
         parts = []
@@ -294,7 +297,7 @@ class WeightPrior(nn.Module):
 
     def sample(self, num: int, generator: torch.Generator | None = None,
                dtype: torch.dtype | None = None) -> Tensor:
-        """``(P, num)`` draws from ``N(0, Σ_θ)`` (reparameterised: differentiable in the hyperparameters)."""
+        """``(P, num)`` draws from ``N(0, Σ_θ)`` (reparameterised: differentiable in ``h``)."""
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ValueError(f"num must be a positive int, got {num!r}")
         dtype = dtype or self.log_variance.dtype
@@ -320,7 +323,8 @@ class WeightPrior(nn.Module):
                 out.append(part.square().sum())
         return out
 
-    def quadratic(self, theta: Tensor | None = None, *, scatter: list[Tensor] | None = None) -> Tensor:
+    def quadratic(self, theta: Tensor | None = None, *,
+                  scatter: list[Tensor] | None = None) -> Tensor:
         """``θᵀ Σ_θ⁻¹ θ`` for ``θ (P,)`` (or its precomputed :meth:`scatter`); differentiable in
         the hyperparameters; ``O(n_blocks m³)`` given the scatter."""
         if (theta is None) == (scatter is None):
@@ -363,5 +367,6 @@ class WeightPrior(nn.Module):
         if not isinstance(v, Tensor):
             raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
         if v.dim() != 2 or v.shape[0] != self.layout.num_params:
-            raise ValueError(f"v must have shape ({self.layout.num_params}, k), got {tuple(v.shape)}")
+            raise ValueError(f"v must have shape ({self.layout.num_params}, k), "
+                             f"got {tuple(v.shape)}")
         return v
