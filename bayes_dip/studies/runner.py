@@ -195,11 +195,12 @@ def _figures(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], changed: s
                 images.append((key, gt, fbp, preds))
         if not images:
             continue
-        real = setting.kind == "htc2022"
+        info_path = out / "results" / setting.key / images[0][0] / "problem.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         files += setting_figures(
             images, out / "figures" / setting.key, title=setting.label,
-            units="plastic fraction" if real else "a.u.",
-            value_label="material" if real else "attenuation",
+            units=info.get("image_unit") or "a.u.",
+            value_label="material" if info.get("image_unit") == "plastic fraction" else "attenuation",
             panel_images=cfg.figures.images, formats=cfg.figures.formats,
             file_names={METHODS[m].label: m for m in cfg.methods})
     summary = out / "figures" / "test_ll_vs_angles"
