@@ -228,7 +228,7 @@ class StructuredCovariance:
         self._buf = torch.zeros(n_obs * n_obs, dtype=obs_grams.dtype, device=device)
 
     @classmethod
-    def build(cls, jac: NetworkJacobian, ray_trafo, prior: WeightPrior, *, batch_size: int = 64,
+    def build(cls, jac: NetworkJacobian, ray_trafo, prior: WeightPrior, *, batch_size: int = 16,
               progress: bool = False) -> "StructuredCovariance":
         """Grams from ``n_pix`` VJPs (the dense ``J`` in the Jacobian's dtype, held once) and
         per GP block 14 (3×3 filters) products ``n_pix × F × n_pix`` in float64."""
@@ -263,39 +263,47 @@ class StructuredCovariance:
         del eye
         terms: list[tuple[int, int]] = []
         radii: list[float] = []
-        grams: list[Tensor] = []
+        classes = {}
+        for d, block in enumerate(layout.blocks):
+            if block.kind == "gp":
+                block_radii, mats = distance_classes(block.kernel_size, f64)
+                classes[d] = (block_radii, mats)
+                terms += [(d, c) for c in range(mats.shape[0])]
+                radii += block_radii.tolist()
+            else:
+                terms.append((d, -1))
+                radii.append(0.0)
+        grams: list[Tensor] = []  # one (n, n) Gram per term, allocated as the blocks are freed
         for d, (block, buf) in enumerate(zip(layout.blocks, bufs)):
             bufs[d] = None  # type: ignore[call-overload]  # free as we go
             if block.kind == "gp":
-                block_radii, mats = distance_classes(block.kernel_size, f64, jac.device)
-                basis, groups = joint_block_basis(mats.cpu())
-                coef = basis.mT @ mats.cpu() @ basis  # (C, m, m), block diagonal
-                coef = coef.to(jac.device)
-                rot = torch.zeros(buf.shape, dtype=f64, device=jac.device)
-                for p in range(buf.shape[0]):  # rot[i] = Σ_p Q[p, i] J_p, one position at a time
-                    jp = buf[p].to(f64)
-                    for i in range(buf.shape[0]):
-                        rot[i].add_(jp, alpha=float(basis[p, i]))
-                del buf, jp
-                gram = torch.zeros(mats.shape[0], n, n, dtype=f64, device=jac.device)
-                for group in groups:
+                mats = classes[d][1]
+                basis, groups = joint_block_basis(mats)
+                coef = basis.mT @ mats @ basis  # (C, m, m), block diagonal
+                block_grams = [torch.zeros(n, n, dtype=f64, device=jac.device)
+                               for _ in range(mats.shape[0])]
+                for group in groups:  # rotated positions J̃_i = Σ_p Q[p, i] J_p, one group at a time
+                    rot = {i: sum(float(basis[p, i]) * buf[p].to(f64) for p in range(buf.shape[0]))
+                           for i in group}
                     for a, i in enumerate(group):
                         for j in group[a:]:
                             prod = rot[i] @ rot[j].mT
                             if i != j:
-                                prod = prod + prod.mT
-                            gram += coef[:, i, j, None, None] * prod
-                del rot
-                terms += [(d, c) for c in range(mats.shape[0])]
-                radii += block_radii.tolist()
-                grams.append(gram)
+                                prod += prod.mT.clone()
+                            for c in range(mats.shape[0]):
+                                if coef[c, i, j] != 0:
+                                    block_grams[c].add_(prod, alpha=float(coef[c, i, j]))
+                    del rot
+                del buf
+                grams += block_grams
             else:
                 jd = buf.to(f64)
                 del buf
-                terms.append((d, -1))
-                radii.append(0.0)
-                grams.append((jd @ jd.mT).unsqueeze(0))
-        image_grams = torch.cat(grams)
+                grams.append(jd @ jd.mT)
+        image_grams = torch.empty(len(grams), n, n, dtype=f64, device=jac.device)
+        for t in range(len(grams)):  # copy term by term: never two full sets of Grams
+            image_grams[t] = grams[t]
+            grams[t] = None  # type: ignore[call-overload]
         del grams
         n_obs = math.prod(ray_trafo.obs_shape)
         rows, cols = torch.tril_indices(n_obs, n_obs, device=jac.device)
