@@ -24,8 +24,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "kmnist_grid.yaml
 # a quick end-to-end check of the whole pipeline on real KMNIST images (numbers meaningless)
 SMOKE = {
     "settings": [{"angles": 20, "noise": 0.05, "kmnist": 2}],
-    "dip": {"iterations": 300, "lr": 1.0e-3, "lr_warmup": 50, "gamma": 1.0e-4},
-    "mcdo": {"num_samples": 1024, "iterations": 300},
+    "dip": {"iterations": 200, "lr": 1.0e-3, "lr_warmup": 50, "gamma": 1.0e-4},
+    "mcdo": {"num_samples": 1024, "iterations": 200},
     "evidence": {"mode": "exact", "steps": 50},
     "figures": {"formats": ["png"], "images": 1, "gallery_samples": 8},
 }
