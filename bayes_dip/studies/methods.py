@@ -81,7 +81,7 @@ def _homoscedastic(ctx: MethodContext, evidence: bool) -> Prediction:
         if ctx.config.dip_evidence.get("noise_variance", "own") == "mll":
             _, mll = _optimize(ctx, tvmap=False)
             noise_variance = mll.noise_variance
-            seconds.update(ctx.image_cache["linearized"][0].seconds)
+            seconds.update(ctx.image_cache["linearized"].seconds)
             seconds.pop("predictive", None)
             start = time.perf_counter()
         pred = dip_evidence_predictive(dip.recon, ctx.ray_trafo, ctx.y, variance_factor=c,
@@ -172,6 +172,7 @@ def _mcdo(ctx: MethodContext) -> Prediction:
 
 
 _LIN_MODEL_KEYS = {"gprior", "variance", "lengthscale", "noise_variance", "exact_memory"}
+_LIN_INIT_KEYS = ("variance", "lengthscale", "noise_variance")
 _LIN_RUN_KEYS = {"mode", "steps", "weights"}
 _EVIDENCE_KEYS = {"lr", "num_probes", "cg_max_iter", "cg_tol", "precond_rank", "precond_every",
                   "checkpoint_every"}
@@ -238,14 +239,13 @@ def _optimize(ctx: MethodContext, tvmap: bool):
     ev = dict(ctx.config.evidence)
     model_options = {k: ev.pop(k) for k in _LIN_MODEL_KEYS if k in ev}
     if "linearized" not in ctx.image_cache:
-        # one linearisation per image (its Jacobian structure is reused by MLL and TV-MAP);
-        # each method starts from the initial hyperparameters
-        lin = LinearizedDIP(dip.net, dip.net_input, ctx.ray_trafo, ctx.y, recon=dip.recon,
-                            gamma=ctx.config.dip.gamma, **model_options)
-        initial = {k: v.detach().clone() for k, v in lin.model.state_dict().items()}
-        ctx.image_cache["linearized"] = (lin, initial)
-    lin, initial = ctx.image_cache["linearized"]
-    lin.model.load_state_dict(initial)
+        # one linearisation per image (its Jacobian structure is reused by MLL and TV-MAP)
+        ctx.image_cache["linearized"] = LinearizedDIP(
+            dip.net, dip.net_input, ctx.ray_trafo, ctx.y, recon=dip.recon,
+            gamma=ctx.config.dip.gamma, **model_options)
+    lin = ctx.image_cache["linearized"]
+    # each method starts from the initial hyperparameters
+    lin.reset_hyperparameters(**{k: model_options[k] for k in _LIN_INIT_KEYS if k in model_options})
     mode, steps = ev.pop("mode", "auto"), ev.pop("steps", None)
     weights = ev.pop("weights", "map")
     tv = ctx.config.tvmap
