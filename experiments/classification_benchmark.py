@@ -132,7 +132,7 @@ def run_benchmark(config: dict[str, Any], out_dir: str | Path, *, cache_dir: str
         for spec in specs:
             fitted = fit_method(spec, model, data.train, batch_size=int(config.get("curvature_batch_size", 256)),
                                 shared=shared)
-            row, bins[spec.name] = _evaluate(fitted, data, shift_sets, int(config.get("predict_batch_size", 1000)))
+            row, bins[spec.name] = _evaluate(fitted, data, shift_sets, int(config.get("predict_batch_size", 250)))
             row.update(model=model_name, method=spec.name, fit_s=fitted.fit_seconds, hyper_s=fitted.hyper_seconds,
                        prior_precision=fitted.info.get("prior_precision"), log_evidence=fitted.info.get("log_evidence"),
                        n_params=fitted.info.get("n_params"))

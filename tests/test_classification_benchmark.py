@@ -132,7 +132,7 @@ def test_quick_overrides():
 
 def test_lenet_last_layer_and_huge_prior_precision_recovers_map():
     train, test = datasets.load_digits_split(n_train=200, seed=1)
-    model = build_model("lenet", (1, 8, 8), 10, seed=0)
+    model = build_model("lenet", (1, 8, 8), 10, seed=0, padding=(2, 2))
     model.eval()
     spec = MethodSpec("LL", subset="last_layer", structure="full", hyper="none", prior_precision=1e10)
     fitted = fit_method(spec, model, train)
@@ -177,3 +177,21 @@ def test_digits_smoke_run_writes_table_and_reliability_png(tmp_path):
         assert np.isfinite(rows[method]["prior_precision"]) and rows[method]["prior_precision"] > 0
         assert 0.5 < rows[method]["auroc"]["noise"] <= 1.0
     assert rows["MAP"]["shift"][0.0]["acc"] > rows["MAP"]["shift"][90.0]["acc"]
+
+
+def test_subnetwork_reuses_the_diagonal_laplace_and_selects_its_largest_variances():
+    train, _ = datasets.load_digits_split(n_train=300, seed=2)
+    model = build_model("mlp", (1, 8, 8), 10, seed=0, hidden=[16])
+    model.eval()
+    shared = {}
+    diag = fit_method(MethodSpec("diag", subset="all", structure="diag", n_steps=20), model, train, shared=shared)
+    sub = fit_method(MethodSpec("sub", subset="subnetwork", structure="full", n_steps=20, subnetwork_size=40),
+                     model, train, shared=shared)
+    assert shared["diag"][0] is diag.laplace and sub.laplace.n_params == 40
+    assert sub.fit_seconds >= diag.fit_seconds + diag.hyper_seconds  # the selection's cost is counted
+    chosen = []
+    offsets = dict(zip(diag.laplace.subset.names, diag.laplace.subset.offsets))
+    for name, shape, idx in zip(sub.laplace.subset.names, sub.laplace.subset.shapes, sub.laplace.subset.indices):
+        chosen += (offsets[name] + (torch.arange(shape.numel()) if idx is None else idx)).tolist()
+    top = torch.topk(diag.laplace.posterior_variance, 40).indices
+    assert sorted(chosen) == sorted(top.tolist())

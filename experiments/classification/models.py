@@ -1,8 +1,9 @@
 """Classifiers for the benchmark and their MAP training (seeded, cached as ``.pt`` files).
 
 - :class:`MLP`: flatten → [Linear → ReLU] × len(hidden) → Linear;
-- :class:`LeNet`: LeNet-5 style, [Conv2d 5×5 (padding 2) → ReLU → MaxPool 2] × 2 →
-  Linear 120 → ReLU → Linear 84 → ReLU → Linear (works for 28 × 28 and 8 × 8 inputs).
+- :class:`LeNet`: LeNet-5 style, [Conv2d 5×5 → ReLU → MaxPool 2] × 2 → Linear 120 → ReLU →
+  Linear 84 → ReLU → Linear; paddings (2, 0) give the classic 16 × 5 × 5 features on 28 × 28
+  MNIST (61,706 weights), (2, 2) suit tiny 8 × 8 images.
 
 MAP training minimises the mean cross-entropy plus ``weight_decay/2 · ‖θ‖²`` with Adam,
 i.e. a Gaussian prior of precision ``weight_decay · N`` on all weights.
@@ -42,15 +43,16 @@ class LeNet(nn.Sequential):
     """LeNet-5 style CNN on ``(B, C_in, H, W)`` images -> logits ``(B, C)``."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, channels: tuple[int, int] = (6, 16),
-                 hidden: tuple[int, int] = (120, 84)):
+                 hidden: tuple[int, int] = (120, 84), padding: tuple[int, int] = (2, 0)):
         c_in, height, width = image_shape
         conv = nn.Sequential(
-            nn.Conv2d(c_in, channels[0], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels[0], channels[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c_in, channels[0], 5, padding=padding[0]), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels[0], channels[1], 5, padding=padding[1]), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten())
-        features = channels[1] * (height // 4) * (width // 4)
-        if features == 0:
-            raise ValueError(f"LeNet needs images of at least 4 × 4 pixels, got {height} × {width}")
+        size = [(((n + 2 * padding[0] - 4) // 2) + 2 * padding[1] - 4) // 2 for n in (height, width)]
+        if min(size) < 1:
+            raise ValueError(f"LeNet with paddings {tuple(padding)} needs larger images than {height} × {width}")
+        features = channels[1] * size[0] * size[1]
         super().__init__(*conv, nn.Linear(features, hidden[0]), nn.ReLU(), nn.Linear(hidden[0], hidden[1]),
                          nn.ReLU(), nn.Linear(hidden[1], num_classes))
 
@@ -116,11 +118,13 @@ def load_or_train(config: TrainConfig, train: Split, num_classes: int, cache_dir
                   progress: bool = False) -> tuple[nn.Module, dict]:
     """The MAP network for ``config`` and ``train``, from ``cache_dir`` if trained before.
 
-    The cache file name hashes the config and a fingerprint of the training data.
+    The cache file name hashes the config, the architecture (``repr(model)``) and a
+    fingerprint of the training data.
     Returns the model (eval mode) and info ``{"path", "cached", "train_seconds", "losses"}``.
     """
     model = build_model(config.arch, tuple(train.images.shape[1:]), num_classes, config.seed, **config.model_kwargs)
-    key = hashlib.sha1(json.dumps({**asdict(config), "data": _fingerprint(train)}, sort_keys=True).encode())
+    key = hashlib.sha1(json.dumps({**asdict(config), "data": _fingerprint(train), "net": repr(model)},
+                                  sort_keys=True).encode())
     path = None if cache_dir is None else Path(cache_dir) / f"{config.arch}_seed{config.seed}_{key.hexdigest()[:12]}.pt"
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
