@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from bayes_dip.dip import DIPConfig, reconstruct_dip
+from bayes_dip.dip import DIPConfig, dip_preset, reconstruct_dip
 from bayes_dip.metrics import psnr, ssim
 from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
@@ -25,13 +25,16 @@ __all__ = ["run_reconstruct", "default_dip_config", "METHODS"]
 
 
 def default_dip_config(image_size: int, **overrides) -> DIPConfig:
-    """DIP settings by image size that finish in about a minute on 2 CPU cores."""
+    """DIP settings by image size that finish in about a minute on 2 CPU cores.
+
+    Up to 64 px: the tested ``"kmnist-fast"`` preset; larger: the ``"128"`` U-Net, Adam
+    at lr 1e-3 with warm-up, 1,500 iterations and a light TV weight.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
     if image_size <= 64:
-        base = dict(iterations=3000, lr=1e-3, gamma=1e-4, unet="kmnist")
-    else:
-        base = dict(iterations=1500, lr=1e-3, gamma=1e-5, unet="128")
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return DIPConfig(**base)
+        return dip_preset("kmnist-fast", **given)
+    base = dict(iterations=1500, lr=1e-3, lr_warmup=100, gamma=1e-5, unet="128")
+    return DIPConfig(**{**base, **given})
 
 
 def _device(name: str) -> torch.device:

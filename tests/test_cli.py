@@ -129,3 +129,22 @@ def test_uncertainty_methods(capsys, tmp_path, data_root, method):
     assert (out / "error_vs_std.png").is_file()
     if method != "dip":
         assert np.load(out / "samples.npy").shape[1:] == (28, 28)
+
+
+def test_calibrate_runs_a_tiny_study(capsys, tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(
+        "name: cli-tiny\nmethods: [dip, lin-dip-mll]\n"
+        "settings: [{angles: 6, noise: 0.05, images: [shepp_logan], size: 16}]\n"
+        "unet: {preset: kmnist, channels: [4, 4], skip_channels: [0, 2]}\n"
+        "dip: {iterations: 20, lr: 0.01}\nevidence: {steps: 2}\nfigures: {enabled: false}\n")
+    out = tmp_path / "study"
+    assert main(["calibrate", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "Linearised DIP (MLL)" in table and (out / "table.md").is_file() and (out / "table.csv").is_file()
+
+
+def test_calibrate_missing_config(capsys, tmp_path):
+    assert main(["calibrate", "--config", str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "Traceback" not in err

@@ -141,6 +141,8 @@ def _check_mcdo(config: Any) -> None:
 
 
 def _mcdo(ctx: MethodContext) -> Prediction:
+    """DIP-MCDO with the image-noise term ``c_A`` (σ_y² = 1) added to every pixel variance, as
+    in the original code: saturated sigmoid pixels otherwise get zero variance."""
     from bayes_dip.baselines import DEFAULT_NUM_SAMPLES, fit_mcdo, mcdo_predictive
 
     section = ctx.config.mcdo
@@ -157,7 +159,7 @@ def _mcdo(ctx: MethodContext) -> Prediction:
                            seed=ctx.seed(1), batch_size=section.get("batch_size"),
                            full_covariance=full,
                            patch_sizes=() if full or options.patch_size == 1 else (options.patch_size,),
-                           progress=ctx.progress)
+                           added_variance=_variance_factor(ctx), progress=ctx.progress)
     gallery = None
     count = ctx.config.figures.gallery_samples
     if count >= 2:
