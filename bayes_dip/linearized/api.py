@@ -157,23 +157,24 @@ class LinearizedDIP:
 
     # -- evidence ---------------------------------------------------------------------------
     def optimize_hyperparameters(self, mode: str = "auto", predcp_scale: float | None = None, *,
-                                 steps: int | None = None, weights: str = "map",
-                                 predcp_samples: int = 20, progress: bool = True,
+                                 steps: int | None = None, weights: str | None = None,
+                                 predcp_samples: int = 20, progress: bool | None = None,
                                  checkpoint_path: str | os.PathLike | None = None,
                                  config: EvidenceConfig | None = None, **overrides: Any
                                  ) -> EvidenceResult:
         """Type-II ML of the hyperparameters (``predcp_scale``: TV-MAP with the PredCP prior).
 
-        ``steps`` defaults to the paper's 1,500 (exact) / 3,000 (stochastic). ``config`` or
-        ``overrides`` set any other :class:`EvidenceConfig` field. Continues from a checkpoint
-        at ``checkpoint_path`` when one exists.
+        ``steps`` defaults to ``config.steps`` or, without a config, the paper's 1,500
+        (exact) / 3,000 (stochastic). ``weights``, ``progress`` and ``overrides`` replace the
+        fields of ``config`` (default :class:`EvidenceConfig`). Continues from a checkpoint at
+        ``checkpoint_path`` when one exists.
         """
         mode = self.resolve_mode(mode)
         base = config or EvidenceConfig()
         if steps is None:
             steps = base.steps if config is not None else (1500 if mode == "exact" else 3000)
-        config = replace(base, mode=mode, steps=steps, weights=weights, progress=progress,
-                         **overrides)
+        given = {k: v for k, v in (("weights", weights), ("progress", progress)) if v is not None}
+        config = replace(base, mode=mode, steps=steps, **given, **overrides)
         predcp = None
         if predcp_scale is not None:
             if not self.gamma:

@@ -198,6 +198,62 @@ class _PackedGaussianNLL(torch.autograd.Function):
         return grad_w, grad_noise, None, None, None, None, None
 
 
+def _jacobian_blocks(jac: NetworkJacobian, prior: WeightPrior, batch_size: int,
+                     progress: bool) -> list[Tensor]:
+    """The dense ``J S`` (g-prior scaling ``S``) per block, from ``n_pix`` VJPs: GP blocks as
+    ``(m, n_pix, F)`` (position-major, so each position is a contiguous ``n_pix × F`` matrix),
+    Normal blocks as ``(n_pix, size)``; in the Jacobian's dtype."""
+    n = jac.num_pixels
+    bufs: list[Tensor] = []
+    for block in prior.layout.blocks:
+        if block.kind == "gp":
+            shape = (block.filter_numel, n, block.num_filters)
+        else:
+            shape = (n, block.size)
+        bufs.append(torch.empty(shape, dtype=jac.dtype, device=jac.device))
+    eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
+    scale = prior.weight_scale
+    scale = None if scale is None else scale.to(jac.dtype).unsqueeze(1)
+    for i in tqdm(range(0, n, batch_size), desc="Jacobian", disable=not progress, leave=False):
+        with torch.no_grad():
+            g = jac.vjp(eye[:, i:i + batch_size])
+        if scale is not None:
+            g = g * scale
+        c = g.shape[1]
+        for block, buf, part in zip(prior.layout.blocks, bufs, prior.layout.split(g)):
+            if block.kind == "gp":
+                filters = part.reshape(block.num_filters, block.filter_numel, c)
+                buf[:, i:i + c] = filters.permute(1, 2, 0)
+            else:
+                buf[i:i + c] = part.mT
+    return bufs
+
+
+def _gp_block_grams(jac_block: Tensor, mats: Tensor) -> list[Tensor]:
+    """``M_c = Σ_f J_f D_c J_fᵀ`` for all classes ``c`` of one GP block ``(m, n_pix, F)``.
+
+    In the basis ``Q`` of :func:`joint_block_basis` every ``QᵀD_cQ`` is block diagonal, so
+    ``M_c = Σ_{i,j in one group} (QᵀD_cQ)_{ij} J̃_i J̃_jᵀ`` with ``J̃_i = Σ_p Q_{pi} J_p``.
+    """
+    f64, n = torch.float64, jac_block.shape[1]
+    basis, groups = joint_block_basis(mats)
+    coef = basis.mT @ mats @ basis  # (C, m, m), block diagonal
+    grams = [torch.zeros(n, n, dtype=f64, device=jac_block.device) for _ in range(mats.shape[0])]
+    for group in groups:  # the rotated positions of one group at a time
+        rot = {i: sum(float(basis[p, i]) * jac_block[p].to(f64) for p in range(mats.shape[1]))
+               for i in group}
+        for a, i in enumerate(group):
+            for j in group[a:]:
+                prod = rot[i] @ rot[j].mT
+                if i != j:
+                    prod += prod.mT.clone()
+                for c in range(mats.shape[0]):
+                    if abs(float(coef[c, i, j])) > 1e-12:
+                        grams[c].add_(prod, alpha=float(coef[c, i, j]))
+        del rot
+    return grams
+
+
 class StructuredCovariance:
     """Exact ``J Σ_θ(h) Jᵀ`` and ``K_yy(h)`` from precomputed Grams (see module docs).
 
@@ -235,71 +291,25 @@ class StructuredCovariance:
         ImageCovariance(jac, prior)  # validates jac/prior
         if tuple(ray_trafo.im_shape) != jac.im_shape:
             raise ValueError("ray_trafo.im_shape does not match the network output")
-        layout, n = prior.layout, jac.num_pixels
-        f64 = torch.float64
-        bufs: list[Tensor] = []
-        for block in layout.blocks:
-            if block.kind == "gp":
-                bufs.append(torch.empty(block.filter_numel, n, block.num_filters,
-                                        dtype=jac.dtype, device=jac.device))
-            else:
-                bufs.append(torch.empty(n, block.size, dtype=jac.dtype, device=jac.device))
-        eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
-        scale = prior.weight_scale
-        scale = None if scale is None else scale.to(jac.dtype).unsqueeze(1)
-        steps = range(0, n, batch_size)
-        for i in tqdm(steps, desc="Jacobian", disable=not progress, leave=False):
-            with torch.no_grad():
-                g = jac.vjp(eye[:, i:i + batch_size])
-            if scale is not None:
-                g = g * scale
-            c = g.shape[1]
-            for block, buf, part in zip(layout.blocks, bufs, layout.split(g)):
-                if block.kind == "gp":
-                    filters = part.reshape(block.num_filters, block.filter_numel, c)
-                    buf[:, i:i + c] = filters.permute(1, 2, 0)
-                else:
-                    buf[i:i + c] = part.mT
-        del eye
+        layout, f64 = prior.layout, torch.float64
+        bufs = _jacobian_blocks(jac, prior, batch_size, progress)
         terms: list[tuple[int, int]] = []
         radii: list[float] = []
-        classes = {}
+        grams: list[Tensor] = []  # one (n, n) Gram per term, allocated as the blocks are freed
         for d, block in enumerate(layout.blocks):
+            buf, bufs[d] = bufs[d], None  # free as we go
             if block.kind == "gp":
                 block_radii, mats = distance_classes(block.kernel_size, f64)
-                classes[d] = (block_radii, mats)
+                grams += _gp_block_grams(buf, mats)
                 terms += [(d, c) for c in range(mats.shape[0])]
                 radii += block_radii.tolist()
             else:
+                jd = buf.to(f64)
+                grams.append(jd @ jd.mT)
                 terms.append((d, -1))
                 radii.append(0.0)
-        grams: list[Tensor] = []  # one (n, n) Gram per term, allocated as the blocks are freed
-        for d, (block, buf) in enumerate(zip(layout.blocks, bufs)):
-            bufs[d] = None  # type: ignore[call-overload]  # free as we go
-            if block.kind == "gp":
-                mats = classes[d][1]
-                basis, groups = joint_block_basis(mats)
-                coef = basis.mT @ mats @ basis  # (C, m, m), block diagonal
-                block_grams = [torch.zeros(n, n, dtype=f64, device=jac.device)
-                               for _ in range(mats.shape[0])]
-                for group in groups:  # rotated positions J̃_i = Σ_p Q[p, i] J_p, one group at a time
-                    rot = {i: sum(float(basis[p, i]) * buf[p].to(f64) for p in range(buf.shape[0]))
-                           for i in group}
-                    for a, i in enumerate(group):
-                        for j in group[a:]:
-                            prod = rot[i] @ rot[j].mT
-                            if i != j:
-                                prod += prod.mT.clone()
-                            for c in range(mats.shape[0]):
-                                if coef[c, i, j] != 0:
-                                    block_grams[c].add_(prod, alpha=float(coef[c, i, j]))
-                    del rot
-                del buf
-                grams += block_grams
-            else:
-                jd = buf.to(f64)
-                del buf
-                grams.append(jd @ jd.mT)
+            del buf
+        n = jac.num_pixels
         image_grams = torch.empty(len(grams), n, n, dtype=f64, device=jac.device)
         for t in range(len(grams)):  # copy term by term: never two full sets of Grams
             image_grams[t] = grams[t]
