@@ -83,6 +83,11 @@ _PRESETS: dict[str, DIPConfig] = {
     # (test images 0-9 × 2 seeds), +9 dB on average
     "kmnist-fast": DIPConfig(iterations=1000, lr=2e-3, lr_warmup=200, gamma=1e-4,
                              unet="kmnist"),
+    # 128² real CT slice (pydicom CT_small), 30 angles, 5 % noise: FBP 20.7 dB -> DIP 30.3 dB
+    # in ~1 min on one core. γ is ~30× the KMNIST value because the noise variance per
+    # measurement (σ² ≈ 3.4 vs 0.036) is ~90× larger while TV(x) is only ~2.5× larger;
+    # with γ ≤ 1e-4 the net overfits the noise after ~300 iterations.
+    "ct128": DIPConfig(iterations=800, lr=1e-3, lr_warmup=100, gamma=3e-3, unet="128"),
 }
 
 
@@ -91,6 +96,11 @@ def dip_preset(name: str, **overrides: Any) -> DIPConfig:
 
     ``"kmnist-paper"``: the paper's KMNIST run (lr 1e-4, γ 1e-4, 41k iterations).
     ``"kmnist-fast"``: KMNIST in 1,000 iterations (lr 2e-3 after a 200-step warm-up, γ 1e-4).
+    ``"ct128"``: 128² CT slices, ~30 angles, 5 % noise: ``"128"`` U-Net, 800 iterations,
+    lr 1e-3 after a 100-step warm-up, γ 3e-3.
+
+    γ scales with the noise: the paper's loss compares ``γ · TV(x)`` with the mean squared
+    misfit ``≈ σ²``; ``γ ≈ 0.5 σ² / TV(x)`` worked for both presets.
     """
     if name not in _PRESETS:
         raise ValueError(f"name must be one of {sorted(_PRESETS)}, got {name!r}")
