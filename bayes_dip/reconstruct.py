@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from bayes_dip.dip import dip_preset, reconstruct_dip
+from bayes_dip.dip import DIPConfig, dip_preset, reconstruct_dip
 from bayes_dip.metrics import psnr, ssim
 from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
