@@ -374,7 +374,3 @@ class StructuredCovariance:
         b = torch.cat([idx[:-1, :].reshape(-1), idx[:, :-1].reshape(-1)])
         diag = self.image_grams.diagonal(dim1=1, dim2=2)
         return diag[:, a] + diag[:, b] - 2 * self.image_grams[:, a, b]
-
-    @property
-    def nbytes(self) -> int:
-        return (self.image_grams.numel() + self.obs_grams.numel()) * self.obs_grams.element_size()

@@ -221,11 +221,6 @@ class WeightPrior(nn.Module):
         kappa = torch.exp(-radii / self.lengthscales[gp_index])
         return kappa + KERNEL_JITTER * (radii == 0)
 
-    def class_matrices(self, kernel_size: int) -> Tensor:
-        """The 0/1 distance-class matrices ``D (C, k², k²)`` of :func:`distance_classes`."""
-        radii = getattr(self, f"_radii_{kernel_size}")
-        return distance_classes(kernel_size, radii.dtype, radii.device)[1]
-
     def kernel(self, gp_index: int) -> Tensor:
         """Unit-variance kernel ``K(ℓ) + jitter I`` of GP block ``gp_index``: ``(k², k²)``."""
         k = self.layout.blocks[self.layout.gp_indices[gp_index]].kernel_size
