@@ -17,7 +17,7 @@ from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
 from bayes_dip.baselines import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, dip_evidence_predictive,
                                  fit_mcdo, mcdo_predictive)
-from bayes_dip.linearized import estimate_uncertainty, image_noise_variance
+from bayes_dip.linearized import LinearizedDIP, image_noise_variance
 from bayes_dip.metrics import coverage_curve
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels
 
@@ -146,11 +146,14 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
     """Evidence-optimised linearised DIP around the trained network (TV-MAP unless scale 0)."""
     scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
-    result = estimate_uncertainty(dip.net, dip.net_input, problem.ray_trafo, y, gamma=gamma,
-                                  mode=settings["evidence"], predcp_scale=scale or None,
-                                  steps=settings["evidence_steps"],
-                                  num_samples=settings["samples"], seed=settings["seed"],
-                                  progress=progress, recon=dip.recon)
+    lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, y, recon=dip.recon, gamma=gamma)
+    mode = lin.resolve_mode(settings["evidence"])
+    steps = settings["evidence_steps"]
+    if steps is None and mode == "stochastic":
+        steps = DEFAULT_STOCHASTIC_STEPS
+    lin.optimize_hyperparameters(mode, scale or None, steps=steps, progress=progress,
+                                 seed=settings["seed"])
+    result = lin.estimate_uncertainty(num_samples=settings["samples"], seed=settings["seed"])
     info = dict(mode=result.mode, prior="TV-MAP" if scale else "MLL",
                 noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
                 hyperparameters=result.hyperparameters)
@@ -192,6 +195,9 @@ def _image_noise(problem: CTProblem, dip) -> float:
 
 
 METHODS = ("lin-dip", "mcdo", "dip")
+#: evidence steps of the command line's stochastic mode (large images) unless given; the
+#: paper's 3,000 take hours on a CPU, so the default job refines the initial hyperparameters only
+DEFAULT_STOCHASTIC_STEPS = 20
 _UNCERTAINTY = {"lin-dip": _linearized, "mcdo": _mcdo, "dip": _homoscedastic}
 
 
