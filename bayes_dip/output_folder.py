@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -33,3 +34,21 @@ def atomic_output_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         staging.rename(target)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file through ``write(binary_file)`` so that ``path`` is replaced whole or not at
+    all: a temporary sibling is written, flushed to disk, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from bayes_dip.output_folder import atomic_write
 
 __all__ = ["CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint"]
 
@@ -23,16 +24,7 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) ->
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".dip_checkpoint.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: torch.save(state, f))
     return target
 
 

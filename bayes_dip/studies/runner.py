@@ -18,7 +18,8 @@ from bayes_dip.studies.evaluate import evaluate_prediction, gallery_samples
 from bayes_dip.studies.figures import plot_ll_vs_angles, setting_figures
 from bayes_dip.studies.methods import METHODS
 from bayes_dip.studies.problems import build_problem, image_key
-from bayes_dip.studies.store import ResultStore, _atomic_write, fingerprint
+from bayes_dip.output_folder import atomic_write
+from bayes_dip.studies.store import ResultStore, fingerprint
 from bayes_dip.studies.table import aggregate, per_image_csv, table_csv, table_markdown
 
 __all__ = ["StudyResults", "run_study", "collect_results"]
@@ -59,7 +60,7 @@ def _result_fingerprint(config: StudyConfig, setting: Setting, image_id: str, me
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.PathLike,
@@ -131,7 +132,7 @@ def _save_problem(folder: Path, problem) -> None:
               "sinogram": problem.sinogram.detach().cpu().numpy()[0, 0]}
     if problem.ground_truth is not None:
         arrays["ground_truth"] = problem.ground_truth.detach().cpu().numpy()[0, 0]
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     _write_text(folder / "problem.json", json.dumps(problem.info, indent=2, default=str))
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from bayes_dip.output_folder import atomic_write
 
 __all__ = ["fingerprint", "ResultStore"]
 
@@ -22,20 +23,6 @@ def fingerprint(values: Any) -> str:
     """Short stable hash of JSON-serialisable ``values`` (keys sorted)."""
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultStore:
@@ -75,9 +62,9 @@ class ResultStore:
              arrays: dict[str, np.ndarray]) -> None:
         """Arrays first, then the JSON record (the "finished" marker)."""
         json_path, npz_path = self.paths(setting, image, method)
-        _atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
         text = json.dumps(record, indent=2, sort_keys=True, default=_plain)
-        _atomic_write(json_path, lambda f: f.write(text.encode()))
+        atomic_write(json_path, lambda f: f.write(text.encode()))
 
 
 def _plain(value: Any) -> Any:
