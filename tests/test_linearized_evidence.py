@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from bayes_dip.ct import ParallelBeamGeometry, RayTransform
-from bayes_dip.dip import UNet
-from bayes_dip.linearized import (EvidenceConfig, LinearizedModel, NetworkJacobian,
-                                  StructuredCovariance, WeightPrior, negative_log_evidence,
-                                  optimize_evidence)
+from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
+
+from bayes_dip.linearized import (EvidenceConfig, LinearizedModel, StructuredCovariance,
+                                  WeightPrior, negative_log_evidence, optimize_evidence)
 from bayes_dip.linearized.evidence import _StochasticObjective
 
 F64 = torch.float64
@@ -18,12 +17,8 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    net = UNet(channels=(3, 4), skip_channels=(0, 2)).double()
-    x = torch.rand(1, 1, 8, 8, dtype=F64)
-    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
-    jac = NetworkJacobian(net, x)
-    y = rt.A(jac.output) + 0.02 * torch.randn(1, 1, *rt.obs_shape, dtype=F64)
+    jac, rt = tiny_jacobian_and_ray_trafo()
+    y = noisy_measurement(jac, rt)
     sc = StructuredCovariance.build(jac, rt, WeightPrior(jac.layout))
     return jac, rt, y, sc, jac.dense(), rt.matrix().to_dense()
 

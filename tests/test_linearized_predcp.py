@@ -6,21 +6,18 @@ import math
 import pytest
 import torch
 
-from bayes_dip.ct import ParallelBeamGeometry, RayTransform
-from bayes_dip.dip import UNet, tv_loss
-from bayes_dip.linearized import (ExactTVPredCP, NetworkJacobian, SampledTVPredCP,
-                                  StructuredCovariance, WeightPrior, predcp_rate)
+from linearized_problem import tiny_jacobian_and_ray_trafo
+
+from bayes_dip.dip import tv_loss
+from bayes_dip.linearized import (ExactTVPredCP, SampledTVPredCP, StructuredCovariance,
+                                  WeightPrior, predcp_rate)
 
 F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    net = UNet(channels=(3, 4), skip_channels=(0, 2)).double()
-    x = torch.rand(1, 1, 8, 8, dtype=F64)
-    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
-    jac = NetworkJacobian(net, x)
+    jac, rt = tiny_jacobian_and_ray_trafo()
     sc = StructuredCovariance.build(jac, rt, WeightPrior(jac.layout))
     return jac, sc, jac.dense()
 

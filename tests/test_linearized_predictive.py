@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from bayes_dip.ct import ParallelBeamGeometry, RayTransform
-from bayes_dip.dip import UNet
-from bayes_dip.linearized import (LinearizedModel, NetworkJacobian, StructuredCovariance,
-                                  WeightPrior, exact_predictive, image_noise_variance,
-                                  sample_predictive)
+from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
+
+from bayes_dip.linearized import (LinearizedModel, StructuredCovariance, WeightPrior,
+                                  exact_predictive, image_noise_variance, sample_predictive)
 from bayes_dip.metrics import log_likelihood_full
 
 F64 = torch.float64
@@ -18,12 +17,8 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    net = UNet(channels=(3, 4), skip_channels=(0, 2)).double()
-    x = torch.rand(1, 1, 8, 8, dtype=F64)
-    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
-    jac = NetworkJacobian(net, x)
-    y = rt.A(jac.output) + 0.02 * torch.randn(1, 1, *rt.obs_shape, dtype=F64)
+    jac, rt = tiny_jacobian_and_ray_trafo()
+    y = noisy_measurement(jac, rt)
     model = LinearizedModel(jac, WeightPrior(jac.layout), rt, y, noise_variance=0.05)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
