@@ -68,7 +68,26 @@ def test_stochastic_mode_and_one_call(problem, tmp_path):
     gprior = LinearizedDIP(net, x, rt, y, gprior=True)
     assert [b.name for b in gprior.model.prior.layout.blocks] == ["gprior"]
     assert gprior.optimize_hyperparameters(steps=3, progress=False).steps == 3
-    assert LinearizedDIP(net, x, rt, y, exact_memory=10).resolve_mode("auto") == "stochastic"
+    assert LinearizedDIP(net, x, rt, y, exact_memory=10).resolve_mode("auto") == "lowrank"
+
+
+def test_lowrank_mode_tv_map(problem):
+    net, x, rt, y, truth = problem
+    lin = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=30)
+    res = lin.optimize_hyperparameters("lowrank", predcp_scale=1.0, steps=60, progress=False)
+    assert res.history["neg_log_evidence"][-1] < res.history["neg_log_evidence"][0]
+    assert all(math.isfinite(v) for v in res.history["predcp"])
+    assert lin.subspace().rank == 30 and "structure" in lin.seconds
+    result = lin.estimate_uncertainty(num_samples=8)
+    assert result.mode == "lowrank" and isinstance(result.predictive, SampledPredictive)
+    assert max(info.iterations for info in result.predictive.cg) < 30
+    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    # the same model in the exact mode: close optimum of σ_y²
+    exact = LinearizedDIP(net, x, rt, y, gamma=1e-3)
+    ref = exact.optimize_hyperparameters("exact", steps=60, progress=False)
+    mll = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=60)
+    low = mll.optimize_hyperparameters("lowrank", steps=60, progress=False)
+    assert low.noise_variance == pytest.approx(ref.noise_variance, rel=0.05)
 
 
 def test_bad_inputs(problem):

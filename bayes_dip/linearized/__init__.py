@@ -3,9 +3,10 @@
 * :mod:`.jacobian` — ``J v`` / ``Jᵀ u`` of the U-Net w.r.t. the weights under the prior.
 * :mod:`.priors` — block-diagonal GP/Normal weight prior (optional g-prior).
 * :mod:`.covariance` — image and observation covariances: matrix-free and exact (structured).
+* :mod:`.subspace` — ``K_yy`` in a low-rank observation subspace (large images).
 * :mod:`.model` — the linearised Gaussian model and its hyperparameters.
-* :mod:`.evidence` — type-II ML (exact / stochastic), checkpoint and resume.
-* :mod:`.predcp` — TV-PredCP hyperprior (exact / sampled).
+* :mod:`.evidence` — type-II ML (exact / low-rank / stochastic), checkpoint and resume.
+* :mod:`.predcp` — TV-PredCP hyperprior (exact / fixed-sample / sampled).
 * :mod:`.predictive` — exact full-covariance predictive, Matheron samples.
 * :mod:`.api` — :class:`LinearizedDIP`, :func:`estimate_uncertainty`.
 """
@@ -15,9 +16,10 @@ from .covariance import (ImageCovariance, ObservationCovariance, StructuredCovar
 from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, optimize_evidence
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint, gprior_scale
 from .model import LinearizedModel
-from .predcp import ExactTVPredCP, SampledTVPredCP, predcp_rate
+from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
 from .predictive import (ExactPredictive, SampledPredictive, exact_predictive,
                          image_noise_variance, sample_predictive)
+from .subspace import SubspaceCovariance
 from .priors import (KERNEL_JITTER, BlockLayout, WeightLayout, WeightPrior, distance_classes,
                      gprior_layout, weight_layout)
 
@@ -27,9 +29,10 @@ __all__ = [
     "BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
     "WeightPrior", "KERNEL_JITTER",
     "ImageCovariance", "ObservationCovariance", "StructuredCovariance", "joint_block_basis",
+    "SubspaceCovariance",
     "LinearizedModel",
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
-    "ExactTVPredCP", "SampledTVPredCP", "predcp_rate",
+    "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
     "image_noise_variance",
 ]

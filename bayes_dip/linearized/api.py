@@ -6,7 +6,9 @@
     result.std, result.samples, result.hyperparameters, result.log_likelihood(ground_truth)
 
 ``mode="auto"`` picks the exact mode when its Gram matrices and the dense Jacobian fit in
-``exact_memory`` bytes (KMNIST-sized problems), else the stochastic mode.
+``exact_memory`` bytes (KMNIST-sized problems), else the ``"lowrank"`` mode (the exact
+mode's machinery in a rank-``subspace_rank`` observation subspace, a lower bound on the
+evidence). ``"stochastic"`` is the paper's Hutchinson/CG estimator.
 """
 from __future__ import annotations
 
@@ -23,14 +25,15 @@ from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
-from .predcp import ExactTVPredCP, SampledTVPredCP, predcp_rate
+from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
 from .predictive import (ExactPredictive, SampledPredictive, exact_predictive,
                          sample_predictive)
 from .priors import WeightPrior, distance_classes, gprior_layout
+from .subspace import SubspaceCovariance
 
 __all__ = ["LinearizedDIP", "UncertaintyResult", "estimate_uncertainty"]
 
-_MODES = ("auto", "exact", "stochastic")
+_MODES = ("auto", "exact", "lowrank", "stochastic")
 
 
 @dataclass
@@ -39,7 +42,7 @@ class UncertaintyResult:
 
     ``mean``/``std`` ``(1, 1, H, W)``, ``samples`` ``(S, 1, H, W)`` (float64);
     ``hyperparameters`` per prior block; ``noise_variance`` σ_y²; ``image_noise`` η²;
-    ``mode`` ``"exact"``/``"stochastic"``; ``seconds`` per stage.
+    ``mode`` ``"exact"``/``"lowrank"``/``"stochastic"``; ``seconds`` per stage.
     """
 
     mean: Tensor
@@ -57,7 +60,7 @@ class UncertaintyResult:
         """Test log-likelihood per pixel of ``ground_truth (1, 1, H, W)``.
 
         Exact mode: under the full covariance (``patch_size=None``) or its patch-block-diagonal
-        part; stochastic mode: patchwise from the samples (default patch size 10).
+        part; low-rank and stochastic modes: patchwise from the samples (default patch size 10).
         """
         if isinstance(self.predictive, ExactPredictive):
             if patch_size is None:
@@ -84,13 +87,16 @@ class LinearizedDIP:
             per-stage blocks.
         variance, lengthscale, noise_variance: initial hyperparameters (paper: 1, 0.1, 1).
         exact_memory: byte budget for ``mode="auto"`` to choose the exact mode.
+        subspace_rank: rank of the ``"lowrank"`` mode's observation subspace (``rank`` JVPs
+            and VJPs to build).
     """
 
     def __init__(self, net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor,
                  recon: Tensor | None = None, *, gamma: float | None = None,
                  blocks: Sequence | None = None, dtype: torch.dtype | None = None,
                  gprior: bool = False, variance: float = 1.0, lengthscale: float = 0.1,
-                 noise_variance: float = 1.0, exact_memory: int = 2 ** 30):
+                 noise_variance: float = 1.0, exact_memory: int = 2 ** 30,
+                 subspace_rank: int = 400):
         if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
                                   or gamma < 0):
             raise ValueError(f"gamma must be None or a number >= 0, got {gamma!r}")
@@ -109,6 +115,11 @@ class LinearizedDIP:
         self.recon = (self.jac.output if recon is None else recon).detach().to(torch.float64)
         self.gamma = gamma
         self.exact_memory = int(exact_memory)
+        if isinstance(subspace_rank, bool) or not isinstance(subspace_rank, int) \
+                or subspace_rank < 1:
+            raise ValueError(f"subspace_rank must be a positive int, got {subspace_rank!r}")
+        self.subspace_rank = subspace_rank
+        self._subspace: SubspaceCovariance | None = None
         self.evidence: EvidenceResult | None = None
         self.mode: str | None = None
         self._structured: StructuredCovariance | None = None
@@ -142,7 +153,7 @@ class LinearizedDIP:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if mode == "auto":
-            return "exact" if self.exact_memory_estimate() <= self.exact_memory else "stochastic"
+            return "exact" if self.exact_memory_estimate() <= self.exact_memory else "lowrank"
         return mode
 
     @property
@@ -155,24 +166,44 @@ class LinearizedDIP:
             self.seconds["structure"] = time.perf_counter() - t0
         return self._structured
 
+    def subspace(self, seed: int = 0) -> SubspaceCovariance:
+        """The ``"lowrank"`` mode's :class:`SubspaceCovariance`, sketched at the current
+        hyperparameters on first use (later calls return it; see :meth:`reset_subspace`)."""
+        if self._subspace is None:
+            t0 = time.perf_counter()
+            gen = torch.Generator(device=self.jac.device).manual_seed(seed)
+            self._subspace = SubspaceCovariance.build(self.jac, self.model.ray_trafo,
+                                                      self.model.prior, self.subspace_rank,
+                                                      generator=gen)
+            self.seconds["structure"] = time.perf_counter() - t0
+        return self._subspace
+
+    def reset_subspace(self) -> None:
+        """Forget the subspace: the next ``"lowrank"`` use sketches it at the then current
+        hyperparameters (e.g. after a first optimisation moved them far)."""
+        self._subspace = None
+
     # -- evidence ---------------------------------------------------------------------------
     def optimize_hyperparameters(self, mode: str = "auto", predcp_scale: float | None = None, *,
                                  steps: int | None = None, weights: str | None = None,
-                                 predcp_samples: int = 20, progress: bool | None = None,
+                                 predcp_samples: int | None = None,
+                                 progress: bool | None = None,
                                  checkpoint_path: str | os.PathLike | None = None,
                                  config: EvidenceConfig | None = None, **overrides: Any
                                  ) -> EvidenceResult:
         """Type-II ML of the hyperparameters (``predcp_scale``: TV-MAP with the PredCP prior).
 
         ``steps`` defaults to ``config.steps`` or, without a config, the paper's 1,500
-        (exact) / 3,000 (stochastic). ``weights``, ``progress`` and ``overrides`` replace the
+        (exact, lowrank) / 3,000 (stochastic). ``predcp_samples``: PredCP draws per GP block
+        (default 20 fresh ones per step in the stochastic mode, 2 fixed ones in the lowrank
+        mode; the exact mode needs none). ``weights``, ``progress`` and ``overrides`` replace the
         fields of ``config`` (default :class:`EvidenceConfig`). Continues from a checkpoint at
         ``checkpoint_path`` when one exists.
         """
         mode = self.resolve_mode(mode)
         base = config or EvidenceConfig()
         if steps is None:
-            steps = base.steps if config is not None else (1500 if mode == "exact" else 3000)
+            steps = base.steps if config is not None else (3000 if mode == "stochastic" else 1500)
         given = {k: v for k, v in (("weights", weights), ("progress", progress)) if v is not None}
         config = replace(base, mode=mode, steps=steps, **given, **overrides)
         predcp = None
@@ -182,9 +213,17 @@ class LinearizedDIP:
             rate = predcp_rate(predcp_scale, self.gamma, self.model.num_obs)
             if mode == "exact":
                 predcp = ExactTVPredCP(self.structured, self.model.prior, rate)
+            elif mode == "lowrank":
+                gen = torch.Generator(device=self.jac.device).manual_seed(config.seed)
+                predcp = FixedSampleTVPredCP(self.jac, self.model.prior, rate,
+                                             num_samples=predcp_samples or 2, generator=gen)
             else:
-                predcp = SampledTVPredCP(self.jac, rate, num_samples=predcp_samples)
-        structured = self.structured if mode == "exact" else None
+                predcp = SampledTVPredCP(self.jac, rate, num_samples=predcp_samples or 20)
+        structured = None
+        if mode == "exact":
+            structured = self.structured
+        elif mode == "lowrank":
+            structured = self.subspace(config.seed)
         self.evidence = optimize_evidence(self.model, config, structured=structured,
                                           predcp=predcp, checkpoint_path=checkpoint_path)
         self.mode = mode
@@ -195,7 +234,8 @@ class LinearizedDIP:
     def predictive(self, mode: str | None = None, *, num_samples: int = 1024,
                    image_noise: float | str = "auto", seed: int = 0,
                    **sample_kwargs: Any) -> ExactPredictive | SampledPredictive:
-        """Exact full-covariance predictive (exact mode) or Matheron samples (stochastic).
+        """Exact full-covariance predictive (exact mode) or Matheron samples (low-rank mode:
+        CG preconditioned by the subspace; stochastic: by a Nyström preconditioner).
 
         ``mode`` defaults to the one of the last evidence optimisation (else ``"auto"``).
         """
@@ -206,6 +246,9 @@ class LinearizedDIP:
                                    image_noise=image_noise)
         else:
             gen = torch.Generator(device=self.jac.device).manual_seed(seed)
+            if mode == "lowrank" and "precond" not in sample_kwargs:
+                sample_kwargs["precond"] = self.subspace(seed).preconditioner(
+                    self.model.prior, self.model.noise_variance.detach())
             out = sample_predictive(self.model, num_samples, mean=self.recon,
                                     image_noise=image_noise, generator=gen, **sample_kwargs)
         self.seconds["predictive"] = time.perf_counter() - t0

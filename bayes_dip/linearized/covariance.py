@@ -27,8 +27,8 @@ from bayes_dip.linalg import NystromPreconditioner
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
 from .priors import KERNEL_JITTER, WeightLayout, WeightPrior, distance_classes
 
-__all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance",
-           "joint_block_basis"]
+__all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance", "TermWeights",
+           "joint_block_basis", "term_grams"]
 
 
 def _check_columns(v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
@@ -198,25 +198,25 @@ class _PackedGaussianNLL(torch.autograd.Function):
         return grad_w, grad_noise, None, None, None, None, None
 
 
-def _jacobian_blocks(jac: NetworkJacobian, prior: WeightPrior, batch_size: int,
-                     progress: bool) -> list[Tensor]:
-    """The dense ``J S`` (g-prior scaling ``S``) per block, from ``n_pix`` VJPs: GP blocks as
-    ``(m, n_pix, F)`` (position-major, so each position is a contiguous ``n_pix × F`` matrix),
-    Normal blocks as ``(n_pix, size)``; in the Jacobian's dtype."""
-    n = jac.num_pixels
+def _jacobian_blocks(jac: NetworkJacobian, prior: WeightPrior, cotangents: Tensor,
+                     batch_size: int, progress: bool) -> list[Tensor]:
+    """``Uᵀ J S`` per block for image-space cotangents ``U (n_pix, k)`` (``U = I``: the dense
+    Jacobian; g-prior scaling ``S``), from ``k`` VJPs: GP blocks as ``(m, k, F)``
+    (position-major, so each position is a contiguous ``k × F`` matrix), Normal blocks as
+    ``(k, size)``; in the Jacobian's dtype."""
+    k = cotangents.shape[1]
     bufs: list[Tensor] = []
     for block in prior.layout.blocks:
         if block.kind == "gp":
-            shape = (block.filter_numel, n, block.num_filters)
+            shape = (block.filter_numel, k, block.num_filters)
         else:
-            shape = (n, block.size)
+            shape = (k, block.size)
         bufs.append(torch.empty(shape, dtype=jac.dtype, device=jac.device))
-    eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
     scale = prior.weight_scale
     scale = None if scale is None else scale.to(jac.dtype).unsqueeze(1)
-    for i in tqdm(range(0, n, batch_size), desc="Jacobian", disable=not progress, leave=False):
+    for i in tqdm(range(0, k, batch_size), desc="Jacobian", disable=not progress, leave=False):
         with torch.no_grad():
-            g = jac.vjp(eye[:, i:i + batch_size])
+            g = jac.vjp(cotangents[:, i:i + batch_size].to(jac.dtype))
         if scale is not None:
             g = g * scale
         c = g.shape[1]
@@ -227,6 +227,58 @@ def _jacobian_blocks(jac: NetworkJacobian, prior: WeightPrior, batch_size: int,
             else:
                 buf[i:i + c] = part.mT
     return bufs
+
+
+def term_grams(jac: NetworkJacobian, prior: WeightPrior, cotangents: Tensor, *,
+               batch_size: int = 16, progress: bool = False
+               ) -> tuple[list[tuple[int, int]], list[float], list[Tensor]]:
+    """The Grams ``Uᵀ M_t U`` ``(k, k)`` (float64) of every prior term ``t`` for image-space
+    cotangents ``U (n_pix, k)``, with ``terms[t] = (block, class)`` (class ``-1``: Normal
+    block) and the class radii; one block's ``Uᵀ J`` is freed before the next one's Grams."""
+    f64 = torch.float64
+    bufs = _jacobian_blocks(jac, prior, cotangents, batch_size, progress)
+    terms: list[tuple[int, int]] = []
+    radii: list[float] = []
+    grams: list[Tensor] = []
+    for d, block in enumerate(prior.layout.blocks):
+        buf, bufs[d] = bufs[d], None  # free as we go
+        if block.kind == "gp":
+            block_radii, mats = distance_classes(block.kernel_size, f64)
+            grams += _gp_block_grams(buf, mats)
+            terms += [(d, c) for c in range(mats.shape[0])]
+            radii += block_radii.tolist()
+        else:
+            jd = buf.to(f64)
+            grams.append(jd @ jd.mT)
+            terms.append((d, -1))
+            radii.append(0.0)
+        del buf
+    return terms, radii, grams
+
+
+class TermWeights:
+    """``w_t(h)`` of the terms ``(block, class)``: ``σ_d² κ_c(ℓ_d)`` (GP) or ``σ_d²``
+    (Normal), so that ``Σ_θ``-weighted Grams are ``Σ_t w_t(h) G_t``; differentiable."""
+
+    def __init__(self, terms: list[tuple[int, int]], radii: list[float], layout: WeightLayout,
+                 dtype: torch.dtype = torch.float64, device: torch.device | None = None):
+        gp = {d: i for i, d in enumerate(layout.gp_indices)}
+        self.terms = terms
+        self._num_blocks = len(layout.blocks)
+        self._block_idx = torch.tensor([d for d, _ in terms], device=device)
+        self._gp_idx = torch.tensor([gp[d] if c >= 0 else -1 for d, c in terms], device=device)
+        self._radius = torch.tensor(radii, dtype=dtype, device=device)
+
+    def __call__(self, prior: WeightPrior) -> Tensor:
+        if prior.log_variance.numel() != self._num_blocks:
+            raise ValueError("prior does not match the structure this covariance was built for")
+        dtype = self._radius.dtype
+        var = prior.variances[self._block_idx]
+        if prior.log_lengthscale.numel() == 0:
+            return var.to(dtype)
+        ell = prior.lengthscales[self._gp_idx.clamp_min(0)]
+        kappa = torch.exp(-self._radius / ell) + KERNEL_JITTER * (self._radius == 0)
+        return (var * torch.where(self._gp_idx >= 0, kappa, torch.ones_like(kappa))).to(dtype)
 
 
 def _gp_block_grams(jac_block: Tensor, mats: Tensor) -> list[Tensor]:
@@ -260,18 +312,15 @@ class StructuredCovariance:
     Build with :meth:`build`. ``terms[t] = (block index, class index)`` (class ``-1`` for
     Normal blocks); ``image_grams (T, n_pix, n_pix)`` ``M_t``; the observation Grams
     ``N_t = A M_t Aᵀ`` are kept lower-packed, ``(T, n_obs (n_obs + 1) / 2)``. All float64.
+    ``weights(prior)`` gives ``w_t(h)`` (:class:`TermWeights`).
     """
 
     def __init__(self, terms: list[tuple[int, int]], radii: list[float], layout: WeightLayout,
                  image_grams: Tensor, obs_grams: Tensor, n_obs: int, im_shape: tuple[int, int],
                  ray_trafo):
         self.terms = terms
-        gp = {d: i for i, d in enumerate(layout.gp_indices)}
         device = obs_grams.device
-        self._num_blocks = len(layout.blocks)
-        self._block_idx = torch.tensor([d for d, _ in terms], device=device)
-        self._gp_idx = torch.tensor([gp[d] if c >= 0 else -1 for d, c in terms], device=device)
-        self._radius = torch.tensor(radii, dtype=obs_grams.dtype, device=device)
+        self.weights = TermWeights(terms, radii, layout, obs_grams.dtype, device)
         self.image_grams = image_grams
         self.obs_grams = obs_grams
         self.n_obs = n_obs
@@ -291,24 +340,10 @@ class StructuredCovariance:
         ImageCovariance(jac, prior)  # validates jac/prior
         if tuple(ray_trafo.im_shape) != jac.im_shape:
             raise ValueError("ray_trafo.im_shape does not match the network output")
-        layout, f64 = prior.layout, torch.float64
-        bufs = _jacobian_blocks(jac, prior, batch_size, progress)
-        terms: list[tuple[int, int]] = []
-        radii: list[float] = []
-        grams: list[Tensor] = []  # one (n, n) Gram per term, allocated as the blocks are freed
-        for d, block in enumerate(layout.blocks):
-            buf, bufs[d] = bufs[d], None  # free as we go
-            if block.kind == "gp":
-                block_radii, mats = distance_classes(block.kernel_size, f64)
-                grams += _gp_block_grams(buf, mats)
-                terms += [(d, c) for c in range(mats.shape[0])]
-                radii += block_radii.tolist()
-            else:
-                jd = buf.to(f64)
-                grams.append(jd @ jd.mT)
-                terms.append((d, -1))
-                radii.append(0.0)
-            del buf
+        f64 = torch.float64
+        eye = torch.eye(jac.num_pixels, dtype=jac.dtype, device=jac.device)
+        terms, radii, grams = term_grams(jac, prior, eye, batch_size=batch_size,
+                                         progress=progress)
         n = jac.num_pixels
         image_grams = torch.empty(len(grams), n, n, dtype=f64, device=jac.device)
         for t in range(len(grams)):  # copy term by term: never two full sets of Grams
@@ -321,19 +356,8 @@ class StructuredCovariance:
         for t in range(len(terms)):
             am = apply_ray_trafo(ray_trafo, image_grams[t])  # A M (M symmetric)
             obs[t] = apply_ray_trafo(ray_trafo, am.mT)[rows, cols]  # A (A M)ᵀ = A M Aᵀ
-        return cls(terms, radii, layout, image_grams, obs, n_obs, jac.im_shape, ray_trafo)
-
-    def weights(self, prior: WeightPrior) -> Tensor:
-        """``w_t(h)`` ``(T,)``: ``σ_d² κ_c(ℓ_d)`` (GP) or ``σ_d²`` (Normal); differentiable."""
-        if prior.log_variance.numel() != self._num_blocks:
-            raise ValueError("prior does not match the structure this covariance was built for")
-        var = prior.variances[self._block_idx]
-        if prior.log_lengthscale.numel() == 0:
-            return var.to(self.obs_grams.dtype)
-        ell = prior.lengthscales[self._gp_idx.clamp_min(0)]
-        kappa = torch.exp(-self._radius / ell) + KERNEL_JITTER * (self._radius == 0)
-        return (var * torch.where(self._gp_idx >= 0, kappa, torch.ones_like(kappa))).to(
-            self.obs_grams.dtype)
+        return cls(terms, radii, prior.layout, image_grams, obs, n_obs, jac.im_shape,
+                   ray_trafo)
 
     def image_covariance(self, prior: WeightPrior) -> Tensor:
         """``J Σ_θ Jᵀ`` ``(n_pix, n_pix)``."""

@@ -13,6 +13,13 @@ summed over the GP blocks and added to the negative log evidence ("TV-MAP").
   difference ``(∇x)_e`` is Gaussian, so ``E|(∇x)_e| = √(2/π) √Var((∇x)_e)`` and
   ``κ_d = √(2/π) Σ_e √(σ_d² Σ_c κ_c(ℓ_d) q_{d,c,e})`` with precomputed ``q = diag(∇ M ∇ᵀ)``:
   exact, deterministic, cheap, differentiable to any order.
+* :class:`FixedSampleTVPredCP` (large images, with the ``"lowrank"`` evidence): the sample
+  average of ``TV(J_d θ_{d,s}(h))`` over base draws ``ε_s`` drawn once. In the joint block
+  basis ``U`` of the 3×3 distance classes, ``θ = σ_d U blockdiag(L_g(ℓ_d)) ε`` with the small
+  Cholesky factors ``L_g`` of ``UᵀK(ℓ)U``, so each image is a fixed combination of 14
+  precomputed images ``J_d (U_i ⊗ ε_j)`` per sample: ``14 · S`` JVPs per block once, then every
+  call is a few TVs and deterministic (exact gradients of the sample-average objective). The
+  TV of a large Gaussian image concentrates, so a couple of samples suffice at 128².
 * :class:`SampledTVPredCP` (large images): ``κ̂_d`` from reparameterised samples
   ``θ_{d,s} = L_d(h) ε_s``; the TV subgradient ``g_s`` is pushed through ``Jᵀ`` so that
   ``κ̂_d(h) = mean_s ⟨J_dᵀ g_s, θ_{d,s}(h)⟩`` (TV is positively homogeneous) — an unbiased
@@ -29,11 +36,11 @@ from torch import Tensor
 
 from bayes_dip.dip import tv_loss
 
-from .covariance import StructuredCovariance
+from .covariance import StructuredCovariance, joint_block_basis
 from .jacobian import NetworkJacobian
-from .priors import WeightPrior
+from .priors import WeightPrior, distance_classes
 
-__all__ = ["predcp_rate", "ExactTVPredCP", "SampledTVPredCP"]
+__all__ = ["predcp_rate", "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP"]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -144,7 +151,92 @@ class SampledTVPredCP:
 
     def __call__(self, prior: WeightPrior) -> Tensor:
         """Estimate of ``Σ_d [λ κ_d − log|∂κ_d/∂ℓ_d|]`` whose autograd gradient is the estimator."""
-        kappa = self.surrogates(prior)
-        dkappa_dlog, = torch.autograd.grad(kappa.sum(), prior.log_lengthscale, create_graph=True)
-        dkappa = dkappa_dlog / prior.lengthscales  # ∂κ_d/∂ℓ_d (block d's κ depends on ℓ_d only)
-        return (self.rate * kappa - dkappa.abs().log()).sum()
+        return _predcp_value(self.rate, self.surrogates(prior), prior)
+
+
+def _predcp_value(rate: float, kappa: Tensor, prior: WeightPrior) -> Tensor:
+    """``Σ_d [λ κ_d − log|∂κ_d/∂ℓ_d|]`` from ``κ_d(h)`` (autograd, second order kept)."""
+    dkappa_dlog, = torch.autograd.grad(kappa.sum(), prior.log_lengthscale, create_graph=True)
+    dkappa = dkappa_dlog / prior.lengthscales  # block d's κ depends on its own ℓ_d only
+    return (rate * kappa - dkappa.abs().log()).sum()
+
+
+class FixedSampleTVPredCP:
+    """Sample-average ``Σ_d −log p(ℓ_d)`` over base draws fixed at construction (module docs).
+
+    Args:
+        jac: the Jacobian.
+        prior: the weight prior (its layout fixes the blocks; hyperparameters are read at
+            every call).
+        rate: ``λ``.
+        num_samples: base draws per GP block (``14 · num_samples`` JVPs per GP block once).
+        generator: randomness of the base draws.
+        batch_size: JVPs per batch while precomputing.
+    """
+
+    def __init__(self, jac: NetworkJacobian, prior: WeightPrior, rate: float,
+                 num_samples: int = 2, generator: torch.Generator | None = None,
+                 batch_size: int = 8):
+        if not isinstance(jac, NetworkJacobian):
+            raise TypeError(f"jac must be a NetworkJacobian, got {type(jac).__name__}")
+        if not isinstance(prior, WeightPrior):
+            raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.rate, self.num_samples = _check_rate(rate), num_samples
+        self.im_shape = jac.im_shape
+        layout, f64 = prior.layout, torch.float64
+        self._bases: list[tuple[Tensor, list[list[int]]]] = []
+        self._images: list[Tensor] = []  # per GP block (n_pairs, S, n_pix), float64
+        for d in layout.gp_indices:
+            block = layout.blocks[d]
+            _, mats = distance_classes(block.kernel_size, f64)
+            basis, groups = joint_block_basis(mats)
+            basis = basis.to(prior.log_variance.device)
+            eps = torch.randn(num_samples, block.num_filters, block.filter_numel,
+                              generator=generator, dtype=f64, device=basis.device)
+            tangents = []
+            for group in groups:
+                for a, i in enumerate(group):
+                    for j in group[:a + 1]:
+                        # filter f: position weights U[:, i] · ε_{s, f, j}
+                        theta = eps[:, :, j, None] * basis[:, i]  # (S, F, m)
+                        tangents.append(theta.reshape(num_samples, block.size))
+            t = torch.cat(tangents)  # (n_pairs · S, size)
+            if prior.weight_scale is not None:
+                t = t * prior.weight_scale[block.start:block.stop]
+            full = torch.zeros(layout.num_params, t.shape[0], dtype=jac.dtype,
+                               device=jac.device)
+            full[block.start:block.stop] = t.mT.to(jac.dtype)
+            with torch.no_grad():
+                images = torch.cat([jac.jvp(full[:, k:k + batch_size])
+                                    for k in range(0, full.shape[1], batch_size)], 1)
+            self._images.append(images.mT.to(f64).reshape(-1, num_samples, images.shape[0]))
+            self._bases.append((basis, groups))
+
+    def _coefficients(self, prior: WeightPrior, g: int) -> Tensor:
+        """The lower-triangular entries of every ``L_g(ℓ)``, in the precomputed pair order."""
+        basis, groups = self._bases[g]
+        rotated = basis.mT @ prior.kernel(g) @ basis
+        coef = []
+        for group in groups:
+            idx = torch.tensor(group, device=basis.device)
+            chol = torch.linalg.cholesky(rotated[idx][:, idx])
+            rows, cols = torch.tril_indices(len(group), len(group), device=basis.device)
+            coef.append(chol[rows, cols])
+        return torch.cat(coef)
+
+    def kappa(self, prior: WeightPrior) -> Tensor:
+        """``κ̂_d(h)`` per GP block ``(n_gp,)``: mean TV of the fixed-draw images."""
+        out = []
+        for g, d in enumerate(prior.layout.gp_indices):
+            coef = self._coefficients(prior, g).to(self._images[g].dtype)
+            x = torch.einsum("p,psn->sn", coef, self._images[g])
+            tv = tv_loss(x.reshape(self.num_samples, 1, *self.im_shape)).mean()
+            out.append(prior.variances[d].sqrt() * tv)
+        return torch.stack(out)
+
+    def __call__(self, prior: WeightPrior) -> Tensor:
+        """``Σ_d [λ κ̂_d − log|∂κ̂_d/∂ℓ_d|]`` (scalar, differentiable in the hyperparameters)."""
+        return _predcp_value(self.rate, self.kappa(prior), prior)

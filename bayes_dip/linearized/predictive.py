@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bayes_dip.linalg import CGInfo, pcg, randomized_svd
+from bayes_dip.linalg import CGInfo, Preconditioner, pcg, randomized_svd
 from bayes_dip.metrics import (LogLikelihood, image_patches, log_likelihood_full,
                                log_likelihood_patchwise, patch_covariances_from_samples)
 
@@ -171,11 +171,14 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                       structured: StructuredCovariance | None = None, mean: Tensor | None = None,
                       image_noise: float | str = "auto", batch_size: int = 32,
                       cg_tol: float = 1e-4, cg_max_iter: int = 200, precond_rank: int = 200,
+                      precond: Preconditioner | None = None,
                       generator: torch.Generator | None = None) -> SampledPredictive:
     """``num_samples`` posterior draws by Matheron's rule (see module docs).
 
     With ``structured`` the solves use a Cholesky factor of ``K_yy``; otherwise preconditioned
-    CG (Nyström preconditioner of rank ``precond_rank``, ``cg_tol`` relative residual).
+    CG to ``cg_tol`` relative residual, with ``precond`` (e.g.
+    :meth:`~bayes_dip.linearized.subspace.SubspaceCovariance.preconditioner`) or else a
+    Nyström preconditioner of rank ``precond_rank``.
     """
     for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
                                  ("cg_max_iter", cg_max_iter, 1),
@@ -192,7 +195,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
             kyy = structured.observation_covariance(prior, nv.to(torch.float64))
             chol = torch.linalg.cholesky(kyy)
             cross = structured.cross_covariance(prior)
-        elif precond_rank > 0:
+        elif precond is None and precond_rank > 0:
             precond = model.obs_cov.preconditioner(min(precond_rank, model.num_obs - 1), generator)
         errors, infos = [], []
         for start in range(0, num_samples, batch_size):
