@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     unc.add_argument("--method", choices=("lin-dip", "mcdo", "dip"),
                      help="lin-dip: linearised DIP (default); mcdo: MC-dropout DIP; "
                           "dip: DIP with a homoscedastic evidence-optimised variance")
-    unc.add_argument("--evidence", choices=("auto", "exact", "stochastic"),
-                     help="evidence of the linearised DIP: exact (small images) or stochastic "
-                          "(Hutchinson + CG); default auto by size")
+    unc.add_argument("--evidence", choices=("auto", "exact", "lowrank", "stochastic"),
+                     help="evidence of the linearised DIP: exact (small images), lowrank "
+                          "(rank-400 observation subspace; large images) or stochastic "
+                          "(Hutchinson + CG, the paper's); default auto by size")
     unc.add_argument("--evidence-steps", type=int,
                      help="evidence optimisation steps (default: by mode)")
     unc.add_argument("--predcp-scale", type=float,

@@ -173,7 +173,8 @@ def _mcdo(ctx: MethodContext) -> Prediction:
                             "dip_best_iteration": fit.best_iteration})
 
 
-_LIN_MODEL_KEYS = {"gprior", "variance", "lengthscale", "noise_variance", "exact_memory"}
+_LIN_MODEL_KEYS = {"gprior", "variance", "lengthscale", "noise_variance", "exact_memory",
+                   "subspace_rank"}
 _LIN_INIT_KEYS = ("variance", "lengthscale", "noise_variance")
 _LIN_RUN_KEYS = {"mode", "steps", "weights"}
 _EVIDENCE_KEYS = {"lr", "num_probes", "cg_max_iter", "cg_tol", "precond_rank", "precond_every",
@@ -194,8 +195,9 @@ def _check_linearized(config: Any) -> None:
 
     ev = config.evidence
     _check_keys(ev, _LIN_MODEL_KEYS | _LIN_RUN_KEYS | _EVIDENCE_KEYS, "evidence")
-    if ev.get("mode", "auto") not in ("auto", "exact", "stochastic"):
-        raise ValueError(f"evidence.mode must be auto, exact or stochastic, got {ev['mode']!r}")
+    if ev.get("mode", "auto") not in ("auto", "exact", "lowrank", "stochastic"):
+        raise ValueError("evidence.mode must be auto, exact, lowrank or stochastic, "
+                         f"got {ev['mode']!r}")
     try:
         EvidenceConfig(**{k: v for k, v in ev.items() if k in _EVIDENCE_KEYS | {"weights"}},
                        **({"steps": ev["steps"]} if ev.get("steps") is not None else {}))
