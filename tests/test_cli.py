@@ -131,6 +131,18 @@ def test_uncertainty_methods(capsys, tmp_path, data_root, method):
         assert np.load(out / "samples.npy").shape[1:] == (28, 28)
 
 
+def test_lowrank_evidence(capsys, tmp_path, data_root):
+    out = tmp_path / "lowrank"
+    code, _, err = _run(capsys, "--kmnist", "1", "--data-root", str(data_root), "--angles", "5",
+                        "--iterations", "20", "--evidence", "lowrank", "--evidence-steps", "5",
+                        "--samples", "4", "--out", str(out), "--quiet")
+    assert code == 0, err
+    unc = json.loads((out / "metrics.json").read_text())["uncertainty"]
+    assert unc["mode"] == "lowrank" and unc["prior"] == "TV-MAP"
+    assert np.isfinite(unc["test_log_likelihood_per_pixel"])
+    assert (np.load(out / "std.npy") > 0).all()
+
+
 def test_calibrate_runs_a_tiny_study(capsys, tmp_path):
     cfg = tmp_path / "study.yaml"
     cfg.write_text(

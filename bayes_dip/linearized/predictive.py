@@ -169,7 +169,7 @@ class SampledPredictive:
 
 def sample_predictive(model: LinearizedModel, num_samples: int, *,
                       structured: StructuredCovariance | None = None, mean: Tensor | None = None,
-                      image_noise: float | str = "auto", batch_size: int = 32,
+                      image_noise: float | str = "auto", batch_size: int = 8,
                       cg_tol: float = 1e-4, cg_max_iter: int = 200, precond_rank: int = 200,
                       precond: Preconditioner | None = None,
                       generator: torch.Generator | None = None) -> SampledPredictive:
