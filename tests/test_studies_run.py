@@ -111,6 +111,10 @@ def test_resume_skips_finished_items(tmp_path, flaky_method, monkeypatch):
     assert done == ["a8_n5pct_s16/dicom/dip.json", "a8_n5pct_s16/shepp_logan/dip.json",
                     "a8_n5pct_s16/shepp_logan/flaky.json"]
     _FAIL_ON.clear()
+    # the partial results can be reported without computing the missing one
+    partial = run_study(cfg, tmp_path, progress=False, report_only=True)
+    assert partial.computed == [] and len(partial.records) == 3
+    assert "flaky" in (tmp_path / "table.md").read_text()
     steps = []
     loss = trainer.dip_loss
     monkeypatch.setattr(trainer, "dip_loss", lambda *args: steps.append(1) or loss(*args))

@@ -64,7 +64,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.PathLike,
-              progress: bool = True) -> StudyResults:
+              progress: bool = True, report_only: bool = False) -> StudyResults:
     """Run (or resume) a calibration study and write its tables and figures.
 
     Args:
@@ -77,6 +77,8 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
             configuration of that method raises ``ValueError``. The DIP of each image is
             checkpointed under ``cache/`` and shared by the methods built on it.
         progress: progress bars (study loop and the stages inside).
+        report_only: compute nothing; write the tables and figures of the results finished
+            so far (e.g. of a long study stopped part-way).
 
     Writes ``study.yaml`` (the expanded config), ``table.md``, ``table.csv`` (mean ±
     standard error per setting and method), ``per_image.csv`` and figures under
@@ -103,7 +105,7 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
                 pending.append((method, fp))
             else:
                 reused.append((setting.key, key, method))
-        if not pending:
+        if not pending or report_only:
             continue
         problem = build_problem(setting, image_id, cfg.seed, cfg.data_root)
         folder = out / "results" / setting.key / key
@@ -120,7 +122,8 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
     _write_text(files[1], table_csv(rows))
     _write_text(files[2], per_image_csv(records))
     if cfg.figures.enabled:
-        files += _figures(cfg, out, rows, {k[0] for k in computed})
+        changed = {s.key for s in cfg.settings} if report_only else {k[0] for k in computed}
+        files += _figures(cfg, out, rows, changed)
     return StudyResults(cfg, out, records, rows, computed, reused, files)
 
 

@@ -27,6 +27,8 @@ def study_parser(description: str, default_config: Path, default_out: str,
     parser.add_argument("--data-root", help="data folder (default $BAYES_DIP_DATA)")
     parser.add_argument("--device", help="torch device (default from the config: cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--report-only", action="store_true",
+                        help="compute nothing: tables and figures of the results finished so far")
     return parser
 
 
@@ -58,7 +60,8 @@ def run_script(parser: argparse.ArgumentParser, smoke: dict[str, Any],
     """Parse ``argv``, run the study, print its table and a one-line summary."""
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = run_study(study_config(args, smoke), args.out, progress=not args.quiet)
+    results = run_study(study_config(args, smoke), args.out, progress=not args.quiet,
+                        report_only=args.report_only)
     print(results.table_markdown)
     print(f"{len(results.computed)} results computed, {len(results.reused)} reused, "
           f"{time.perf_counter() - start:.0f} s; outputs in {results.out_dir}")
