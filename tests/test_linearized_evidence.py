@@ -8,8 +8,9 @@ import torch
 
 from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
 
-from bayes_dip.linearized import (EvidenceConfig, LinearizedModel, StructuredCovariance,
-                                  WeightPrior, negative_log_evidence, optimize_evidence)
+from bayes_dip.linearized import (EvidenceConfig, ExactTVPredCP, LinearizedModel,
+                                  StructuredCovariance, WeightPrior, negative_log_evidence,
+                                  optimize_evidence)
 from bayes_dip.linearized.evidence import _StochasticObjective
 
 F64 = torch.float64
@@ -119,6 +120,12 @@ def test_resume_reproduces_uninterrupted_run(parts, tmp_path, mode):
     with pytest.raises(ValueError, match="lr"):
         optimize_evidence(_model(parts), EvidenceConfig(steps=6, lr=0.1, **kwargs), structured=sc,
                           checkpoint_path=path)
+    if mode == "exact":  # a PredCP term the checkpoint was not written with
+        other = _model(parts)
+        with pytest.raises(ValueError, match="predcp"):
+            optimize_evidence(other, EvidenceConfig(steps=6, **kwargs), structured=sc,
+                              predcp=ExactTVPredCP(sc, other.prior, rate=2.0),
+                              checkpoint_path=path)
 
 
 def test_stochastic_run_reports_cg(parts):

@@ -246,9 +246,11 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     if predcp is not None and hasattr(predcp, "generator") and predcp.generator is None:
         predcp.generator = generator
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    objective_terms = _objective_terms(structured, predcp)
     start, elapsed = 0, 0.0
     if path is not None and resume and path.exists():
-        start, elapsed = _load(path, model, optimizer, history, generator, stochastic, config)
+        start, elapsed = _load(path, model, optimizer, history, generator, stochastic, config,
+                               objective_terms)
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, config.steps), desc=f"evidence ({config.mode})",
@@ -281,7 +283,7 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
         done = step + 1
         if path is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             _save(path, step + 1, model, optimizer, history, generator, stochastic, config,
-                  elapsed + time.perf_counter() - t0)
+                  elapsed + time.perf_counter() - t0, objective_terms)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
     return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance.detach()),
@@ -299,9 +301,18 @@ def _record(history: dict[str, list[float]], objective: Tensor, nle: float, pc: 
     history["seconds"].append(seconds)
 
 
+def _objective_terms(structured, predcp) -> dict[str, Any]:
+    """What, besides the config, defines the objective (checked when a run resumes)."""
+    return {"subspace_rank": getattr(structured, "rank", None),
+            "predcp": None if predcp is None else type(predcp).__name__,
+            "predcp_rate": getattr(predcp, "rate", None),
+            "predcp_samples": getattr(predcp, "num_samples", None)}
+
+
 def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.Optimizer,
           history: dict[str, list[float]], generator: torch.Generator,
-          stochastic: _StochasticObjective | None, config: EvidenceConfig, seconds: float) -> None:
+          stochastic: _StochasticObjective | None, config: EvidenceConfig, seconds: float,
+          objective_terms: dict[str, Any]) -> None:
     precond = None
     if stochastic is not None and stochastic.precond is not None:
         precond = (stochastic.precond.eigvecs, stochastic.precond.eigvals, stochastic.precond.shift)
@@ -309,7 +320,7 @@ def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.
     state = {"step": step, "hyperparameters": hyper,
              "optimizer": optimizer.state_dict(), "history": history,
              "generator": generator.get_state(), "precond": precond,
-             "config": asdict(config), "seconds": seconds}
+             "config": asdict(config), "objective": objective_terms, "seconds": seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -318,13 +329,19 @@ def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.
 
 def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
           history: dict[str, list[float]], generator: torch.Generator,
-          stochastic: _StochasticObjective | None, config: EvidenceConfig) -> tuple[int, float]:
+          stochastic: _StochasticObjective | None, config: EvidenceConfig,
+          objective_terms: dict[str, Any]) -> tuple[int, float]:
     state = torch.load(path, map_location=model.jac.device, weights_only=False)
     saved = dict(state["config"])
     for key in ("mode", "lr", "weights", "seed", "num_probes", "precond_rank", "precond_every"):
         if saved.get(key) != getattr(config, key):
             raise ValueError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
                              f"not {getattr(config, key)!r}")
+    saved_terms = state.get("objective", {})
+    for key, value in objective_terms.items():
+        if saved_terms.get(key) != value:
+            raise ValueError(f"checkpoint {path} was written with {key}={saved_terms.get(key)!r}, "
+                             f"not {value!r}")
     if state["step"] > config.steps:
         raise ValueError(f"checkpoint {path} is at step {state['step']} > steps={config.steps}")
     with torch.no_grad():

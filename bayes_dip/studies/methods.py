@@ -31,6 +31,7 @@ from bayes_dip.dip import DIPConfig
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.evaluate import SAMPLES_PER_PIXEL_FOR_FULL
 from bayes_dip.studies.prediction import Prediction
+from bayes_dip.studies.store import fingerprint
 
 __all__ = ["MethodSpec", "METHODS", "register_method"]
 
@@ -254,10 +255,12 @@ def _optimize(ctx: MethodContext, tvmap: bool):
     weights = ev.pop("weights", "map")
     tv = ctx.config.tvmap
     name = "tvmap" if tvmap else "mll"
+    # the checkpoint is specific to the sections that define the objective
+    tag = fingerprint({s: ctx.config.section(s) for s in ("evidence", "tvmap")[:1 + tvmap]})
     evidence = lin.optimize_hyperparameters(
         mode, tv.get("predcp_scale", 1.0) if tvmap else None, steps=steps, weights=weights,
-        predcp_samples=tv.get("predcp_samples", 20), progress=ctx.progress,
-        checkpoint_path=ctx.cache_dir / f"evidence-{name}.pt", seed=ctx.seed(3), **ev)
+        predcp_samples=tv.get("predcp_samples"), progress=ctx.progress,
+        checkpoint_path=ctx.cache_dir / f"evidence-{name}-{tag}.pt", seed=ctx.seed(3), **ev)
     return lin, evidence
 
 
