@@ -82,6 +82,9 @@ def test_lowrank_mode_tv_map(problem):
     assert result.mode == "lowrank" and isinstance(result.predictive, SampledPredictive)
     assert max(info.iterations for info in result.predictive.cg) < 30
     assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    first = lin.subspace()
+    lin.reset_subspace()  # sketched again, at the optimised hyperparameters
+    assert lin.subspace() is not first and lin.subspace() is lin.subspace()
     # the same model in the exact mode: close optimum of σ_y²
     exact = LinearizedDIP(net, x, rt, y, gamma=1e-3)
     ref = exact.optimize_hyperparameters("exact", steps=60, progress=False)
