@@ -126,6 +126,12 @@ def test_resume_reproduces_uninterrupted_run(parts, tmp_path, mode):
             optimize_evidence(other, EvidenceConfig(steps=6, **kwargs), structured=sc,
                               predcp=ExactTVPredCP(sc, other.prior, rate=2.0),
                               checkpoint_path=path)
+        state = torch.load(path, weights_only=False)
+        del state["objective"]  # as written before checkpoints recorded their objective
+        torch.save(state, path)
+        with pytest.raises(ValueError, match="older version"):
+            optimize_evidence(_model(parts), EvidenceConfig(steps=6, **kwargs), structured=sc,
+                              checkpoint_path=path)
 
 
 def test_stochastic_run_reports_cg(parts):

@@ -337,7 +337,10 @@ def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
         if saved.get(key) != getattr(config, key):
             raise ValueError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
                              f"not {getattr(config, key)!r}")
-    saved_terms = state.get("objective", {})
+    if "objective" not in state:
+        raise ValueError(f"checkpoint {path} does not record its objective (PredCP, subspace; "
+                         "written by an older version): delete it to start over")
+    saved_terms = state["objective"]
     for key, value in objective_terms.items():
         if saved_terms.get(key) != value:
             raise ValueError(f"checkpoint {path} was written with {key}={saved_terms.get(key)!r}, "
