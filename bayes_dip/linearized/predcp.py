@@ -187,7 +187,8 @@ class FixedSampleTVPredCP:
         self.rate, self.num_samples = _check_rate(rate), num_samples
         self.im_shape = jac.im_shape
         layout, f64 = prior.layout, torch.float64
-        self._bases: list[tuple[Tensor, list[list[int]]]] = []
+        # per GP block: the joint basis U and, per group, its indices and tril indices
+        self._bases: list[tuple[Tensor, list[tuple[Tensor, Tensor]]]] = []
         self._images: list[Tensor] = []  # per GP block (n_pairs, S, n_pix), float64
         for d in layout.gp_indices:
             block = layout.blocks[d]
@@ -213,18 +214,18 @@ class FixedSampleTVPredCP:
                 images = torch.cat([jac.jvp(full[:, k:k + batch_size])
                                     for k in range(0, full.shape[1], batch_size)], 1)
             self._images.append(images.mT.to(f64).reshape(-1, num_samples, images.shape[0]))
-            self._bases.append((basis, groups))
+            dev = basis.device
+            self._bases.append((basis, [(torch.tensor(g, device=dev),
+                                         torch.tril_indices(len(g), len(g), device=dev))
+                                        for g in groups]))
 
     def _coefficients(self, prior: WeightPrior, g: int) -> Tensor:
         """The lower-triangular entries of every ``L_g(ℓ)``, in the precomputed pair order."""
         basis, groups = self._bases[g]
         rotated = basis.mT @ prior.kernel(g) @ basis
         coef = []
-        for group in groups:
-            idx = torch.tensor(group, device=basis.device)
-            chol = torch.linalg.cholesky(rotated[idx][:, idx])
-            rows, cols = torch.tril_indices(len(group), len(group), device=basis.device)
-            coef.append(chol[rows, cols])
+        for idx, (rows, cols) in groups:
+            coef.append(torch.linalg.cholesky(rotated[idx][:, idx])[rows, cols])
         return torch.cat(coef)
 
     def kappa(self, prior: WeightPrior) -> Tensor:
