@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--config", required=True, help="study YAML (schema: bayes_dip.studies.config)")
     cal.add_argument("--out", default="outputs/study", help="study folder (default outputs/study)")
     cal.add_argument("--quiet", action="store_true", help="no progress bars")
+    cal.add_argument("--workers", type=int, metavar="N",
+                     help="Dask local cluster of N single-threaded worker processes "
+                          "(default: one per CPU); 0: one image after another in this process")
+    cal.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run on an existing Dask cluster: tcp://host:port, a scheduler file "
+                          "(.json), or a dask-jobqueue file (.yaml: SLURM/PBS, see "
+                          "experiments/configs/cluster_slurm.yaml)")
     unc = rec.add_argument_group("uncertainty")
     unc.add_argument("--no-uncertainty", dest="uncertainty", action="store_false", default=None,
                      help="reconstruction only")
@@ -108,9 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_reconstruct(_merge_settings(args, RECONSTRUCT_DEFAULTS))
         elif args.command == "calibrate":
             from bayes_dip.studies import run_study
+            from bayes_dip.studies.parallel import StudyTasksFailed
             if not Path(args.config).is_file():
                 raise ValueError(f"--config: file {args.config!r} not found")
-            results = run_study(args.config, args.out, progress=not args.quiet)
+            try:
+                results = run_study(args.config, args.out, progress=not args.quiet,
+                                    workers=args.workers, scheduler=args.scheduler)
+            except StudyTasksFailed as exc:
+                print(exc.results.table_markdown)
+                print(f"bayes-dip calibrate: error: {exc}", file=sys.stderr)
+                return 1
             print(results.table_markdown)
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"bayes-dip {args.command}: error: {exc}", file=sys.stderr)

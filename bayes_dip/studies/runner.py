@@ -16,13 +16,14 @@ from bayes_dip.studies.config import Setting, StudyConfig, load_study_config
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.evaluate import evaluate_prediction, gallery_samples
 from bayes_dip.studies.figures import plot_ll_vs_angles, setting_figures
-from bayes_dip.studies.methods import METHODS
+from bayes_dip.studies.methods import METHODS, MethodSpec
 from bayes_dip.studies.problems import build_problem, image_key
 from bayes_dip.output_folder import atomic_write
 from bayes_dip.studies.store import ResultStore, fingerprint
 from bayes_dip.studies.table import aggregate, per_image_csv, table_csv, table_markdown
 
-__all__ = ["StudyResults", "run_study", "collect_results"]
+__all__ = ["StudyResults", "ImageTask", "run_study", "plan_tasks", "run_image_task",
+           "collect_results"]
 
 
 @dataclass
@@ -64,7 +65,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.PathLike,
-              progress: bool = True, report_only: bool = False) -> StudyResults:
+              progress: bool = True, report_only: bool = False, workers: int | None = 0,
+              scheduler: str | None = None) -> StudyResults:
     """Run (or resume) a calibration study and write its tables and figures.
 
     Args:
@@ -76,45 +78,53 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
             or settings, computes only what is missing. A result saved under a different
             configuration of that method raises ``ValueError``. The DIP of each image is
             checkpointed under ``cache/`` and shared by the methods built on it.
-        progress: progress bars (study loop and the stages inside).
+        progress: progress bars (study loop and the stages inside; over tasks on a cluster).
         report_only: compute nothing; write the tables and figures of the results finished
             so far (e.g. of a long study stopped part-way).
+        workers: ``0`` runs the images one after another in this process; ``N > 0`` runs
+            them on a Dask ``LocalCluster`` of ``N`` single-threaded worker processes;
+            ``None`` one worker per CPU (see :mod:`bayes_dip.studies.parallel`).
+        scheduler: run on an existing Dask cluster instead: a scheduler address
+            (``tcp://host:8786``), a scheduler file (``.json``) or a dask-jobqueue cluster
+            file (``.yaml``; SLURM/PBS). ``out_dir`` must then be on a file system that the
+            workers share.
+
+    One task is one (setting, image) with all its missing methods: they share the image's
+    DIP and linearisation (per-method tasks would train the same DIP side by side). With
+    the same seeds and thread count, cluster and serial runs give identical results. On a
+    cluster a failed task is reported with its traceback and retried once; the others go
+    on, the tables are written, and :class:`~bayes_dip.studies.parallel.StudyTasksFailed`
+    is raised at the end.
 
     Writes ``study.yaml`` (the expanded config), ``table.md``, ``table.csv`` (mean ±
     standard error per setting and method), ``per_image.csv`` and figures under
     ``figures/<setting>/`` (PNG and PDF), plus ``figures/test_ll_vs_angles`` for grids.
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):
+        raise ValueError(f"workers must be an integer >= 0 (0: serial) or None, got {workers!r}")
+    if scheduler is not None and workers:
+        raise ValueError("workers: give either workers (a local cluster) or scheduler "
+                         f"(an existing cluster), not both (workers={workers}, scheduler={scheduler!r})")
     cfg = load_study_config(config)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir must be a folder, but {out} is a file")
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "study.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    store = ResultStore(out)
-    computed, reused = [], []
-    shared: dict = {}
-    items = [(s, im) for s in cfg.settings for im in s.images]
-    bar = tqdm(items, desc=f"study {cfg.name}", disable=not progress, dynamic_ncols=True)
-    for setting, image_id in bar:
-        key = image_key(image_id)
-        bar.set_postfix_str(f"{setting.key} {key}")
-        pending = []
-        for method in cfg.methods:
-            fp = _result_fingerprint(cfg, setting, image_id, method)
-            if store.load(setting.key, key, method, fp) is None:
-                pending.append((method, fp))
-            else:
-                reused.append((setting.key, key, method))
-        if not pending or report_only:
-            continue
-        problem = build_problem(setting, image_id, cfg.seed, cfg.data_root)
-        folder = out / "results" / setting.key / key
-        _save_problem(folder, problem)
-        ctx = MethodContext(problem, cfg, setting, image_id, out / "cache" / setting.key / key,
-                            progress, shared)
-        for method, fp in pending:
-            _run_method(ctx, store, method, fp, key)
-            computed.append((setting.key, key, method))
+    tasks, reused = plan_tasks(cfg, ResultStore(out))
+    computed: list[tuple[str, str, str]] = []
+    failures: dict[str, str] = {}
+    if tasks and not report_only:
+        if workers == 0 and scheduler is None:
+            shared: dict = {}
+            bar = tqdm(tasks, desc=f"study {cfg.name}", disable=not progress, dynamic_ncols=True)
+            for task in bar:
+                bar.set_postfix_str(task.label)
+                computed += run_image_task(task, cfg, out, progress, shared)
+        else:
+            from bayes_dip.studies.parallel import run_distributed
+            computed, failures = run_distributed(tasks, cfg, out, workers, scheduler, progress)
     records = collect_results(cfg, out)
     rows = aggregate(records)
     files = [out / "table.md", out / "table.csv", out / "per_image.csv"]
@@ -124,7 +134,68 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
     if cfg.figures.enabled:
         changed = {s.key for s in cfg.settings} if report_only else {k[0] for k in computed}
         files += _figures(cfg, out, rows, changed)
-    return StudyResults(cfg, out, records, rows, computed, reused, files)
+    results = StudyResults(cfg, out, records, rows, computed, reused, files)
+    if failures:
+        from bayes_dip.studies.parallel import StudyTasksFailed
+        raise StudyTasksFailed(failures, results)
+    return results
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """The missing methods of one (setting, image): ``methods`` holds ``(method,
+    fingerprint)`` pairs in study order."""
+
+    setting: Setting
+    image_id: str
+    methods: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting.key}/{image_key(self.image_id)}"
+
+
+def plan_tasks(cfg: StudyConfig, store: ResultStore,
+               ) -> tuple[list[ImageTask], list[tuple[str, str, str]]]:
+    """The tasks of the results missing from ``store`` and the keys of those it has."""
+    tasks, reused = [], []
+    for setting in cfg.settings:
+        for image_id in setting.images:
+            key = image_key(image_id)
+            pending = []
+            for method in cfg.methods:
+                fp = _result_fingerprint(cfg, setting, image_id, method)
+                if store.load(setting.key, key, method, fp) is None:
+                    pending.append((method, fp))
+                else:
+                    reused.append((setting.key, key, method))
+            if pending:
+                tasks.append(ImageTask(setting, image_id, tuple(pending)))
+    return tasks, reused
+
+
+def run_image_task(task: ImageTask, cfg: StudyConfig, out: Path, progress: bool, shared: dict,
+                   specs: dict[str, MethodSpec] | None = None) -> list[tuple[str, str, str]]:
+    """Compute and save the methods of ``task`` (one DIP, shared); returns their keys.
+    Methods saved meanwhile (by an earlier attempt of the task) are skipped.
+
+    ``shared`` is kept across the tasks of one process (quantities of one geometry);
+    ``specs`` the method specs by name (default :data:`METHODS`; a worker process gets
+    those of the client, so methods registered there run too)."""
+    specs = METHODS if specs is None else specs
+    key = image_key(task.image_id)
+    problem = build_problem(task.setting, task.image_id, cfg.seed, cfg.data_root)
+    _save_problem(out / "results" / task.setting.key / key, problem)
+    ctx = MethodContext(problem, cfg, task.setting, task.image_id,
+                        out / "cache" / task.setting.key / key, progress, shared)
+    store = ResultStore(out)
+    done = []
+    for method, fp in task.methods:
+        if store.load(task.setting.key, key, method, fp) is not None:
+            continue
+        _run_method(ctx, store, specs[method], fp, key)
+        done.append((task.setting.key, key, method))
+    return done
 
 
 def _save_problem(folder: Path, problem) -> None:
@@ -139,8 +210,9 @@ def _save_problem(folder: Path, problem) -> None:
     _write_text(folder / "problem.json", json.dumps(problem.info, indent=2, default=str))
 
 
-def _run_method(ctx: MethodContext, store: ResultStore, method: str, fp: str, key: str) -> None:
-    spec = METHODS[method]
+def _run_method(ctx: MethodContext, store: ResultStore, spec: MethodSpec, fp: str, key: str,
+                ) -> None:
+    method = spec.name
     start = time.perf_counter()
     pred = spec.run(ctx)
     record, arrays = evaluate_prediction(pred, ctx.ground_truth, ctx.config.metrics)

@@ -15,7 +15,8 @@ __all__ = ["study_parser", "study_config", "run_script"]
 
 def study_parser(description: str, default_config: Path, default_out: str,
                  images_option: bool = False) -> argparse.ArgumentParser:
-    """``--config --out --smoke --data-root --device --quiet`` (and ``--images``)."""
+    """``--config --out --smoke --data-root --device --quiet --report-only --workers
+    --scheduler`` (and ``--images``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=str(default_config), help="study YAML")
     parser.add_argument("--out", default=default_out, help="output folder")
@@ -29,6 +30,12 @@ def study_parser(description: str, default_config: Path, default_out: str,
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true",
                         help="compute nothing: tables and figures of the results finished so far")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Dask local cluster of N single-threaded workers (default: one per "
+                             "CPU); 0: serial, in this process")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="existing Dask cluster: tcp://host:port, scheduler file (.json) or "
+                             "dask-jobqueue file (.yaml)")
     return parser
 
 
@@ -61,7 +68,8 @@ def run_script(parser: argparse.ArgumentParser, smoke: dict[str, Any],
     args = parser.parse_args(argv)
     start = time.perf_counter()
     results = run_study(study_config(args, smoke), args.out, progress=not args.quiet,
-                        report_only=args.report_only)
+                        report_only=args.report_only, workers=args.workers,
+                        scheduler=args.scheduler)
     print(results.table_markdown)
     print(f"{len(results.computed)} results computed, {len(results.reused)} reused, "
           f"{time.perf_counter() - start:.0f} s; outputs in {results.out_dir}")
