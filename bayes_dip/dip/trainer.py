@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bayes_dip.ct import fbp
+from bayes_dip.runtime import deferred_interrupts
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DIPConfig
@@ -114,7 +115,9 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
         ground_truth: ``(B, 1, H, W)``; only for the PSNR in the history and progress bar.
         checkpoint_dir: folder for an atomic checkpoint every ``config.checkpoint_every``
             iterations and at the end; a run finds its checkpoint there and resumes from
-            it, giving the same result as an uninterrupted run.
+            it, giving the same result as an uninterrupted run. A SIGINT/SIGTERM during
+            training then finishes the current iteration, checkpoints it and raises
+            ``KeyboardInterrupt``.
         progress: show a tqdm bar (updated every ``config.log_every`` iterations).
     """
     config = DIPConfig() if config is None else config
@@ -156,33 +159,37 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
         bar = tqdm(total=total, initial=start, desc="DIP", disable=not progress,
                    dynamic_ncols=True)
         try:
-            for it in range(start, total):
-                if it <= config.lr_warmup:
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * min(1.0, (it + 1) / max(config.lr_warmup, 1))
-                optimizer.zero_grad(set_to_none=True)
-                out = net(net_input)
-                loss = dip_loss(ray_trafo, out, y, config.gamma)
-                loss.backward()
-                best.update(loss.detach(), params, it)
-                losses[it] = loss.detach()
-                if psnrs is not None:
-                    psnrs[it] = _psnr(out.detach(), ground_truth)
-                optimizer.step()
-                done = it + 1
-                if done % config.log_every == 0 or done == total:
-                    postfix = {"loss": f"{losses[it].item():.3e}",
-                               "best": f"{best.loss.item():.3e}"}
+            with deferred_interrupts(checkpoint_dir is not None) as stop:
+                for it in range(start, total):
+                    if it <= config.lr_warmup:
+                        for group in optimizer.param_groups:
+                            warm = min(1.0, (it + 1) / max(config.lr_warmup, 1))
+                            group["lr"] = config.lr * warm
+                    optimizer.zero_grad(set_to_none=True)
+                    out = net(net_input)
+                    loss = dip_loss(ray_trafo, out, y, config.gamma)
+                    loss.backward()
+                    best.update(loss.detach(), params, it)
+                    losses[it] = loss.detach()
                     if psnrs is not None:
-                        postfix["psnr"] = f"{psnrs[it].item():.2f}"
-                    bar.set_postfix(postfix, refresh=False)
-                    bar.update(done - bar.n)
-                if checkpoint_dir is not None and (done % config.checkpoint_every == 0
-                                                   or done == total):
-                    seconds = seconds_before + time.perf_counter() - t0
-                    save_checkpoint(checkpoint_dir, _state(
-                        config, y, net_input, net, optimizer, best, losses, psnrs, done,
-                        seconds))
+                        psnrs[it] = _psnr(out.detach(), ground_truth)
+                    optimizer.step()
+                    done = it + 1
+                    if done % config.log_every == 0 or done == total:
+                        postfix = {"loss": f"{losses[it].item():.3e}",
+                                   "best": f"{best.loss.item():.3e}"}
+                        if psnrs is not None:
+                            postfix["psnr"] = f"{psnrs[it].item():.2f}"
+                        bar.set_postfix(postfix, refresh=False)
+                        bar.update(done - bar.n)
+                    if checkpoint_dir is not None and (done % config.checkpoint_every == 0
+                                                       or done == total or stop.requested):
+                        seconds = seconds_before + time.perf_counter() - t0
+                        save_checkpoint(checkpoint_dir, _state(
+                            config, y, net_input, net, optimizer, best, losses, psnrs, done,
+                            seconds))
+                    if stop.requested:
+                        raise KeyboardInterrupt
         finally:
             bar.close()
         seconds = seconds_before + time.perf_counter() - t0

@@ -22,13 +22,20 @@ its ``Σ_d −log p(ℓ_d)`` is added (TV-MAP).
   CG. The log-determinant itself is not computed; the reported value leaves it out.
 
 Checkpoints (atomic) hold the step, hyperparameters, Adam state, history, generator state and
-preconditioner, so a resumed run continues exactly like an uninterrupted one.
+preconditioner, so a resumed run continues exactly like an uninterrupted one; with a checkpoint
+path a SIGINT/SIGTERM finishes the current step, checkpoints it and raises ``KeyboardInterrupt``.
+
+Convergence (:attr:`EvidenceResult.convergence`): over the last ``window`` steps the objective
+must change by less than ``CONVERGENCE_RTOL`` relative to ``max(|objective|, n_obs)`` and the
+mean gradient norm (log-hyperparameters, per measurement) stay below ``CONVERGENCE_GTOL``;
+otherwise a ``RuntimeWarning`` says so.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bayes_dip.linalg import LowRankPreconditioner, pcg
+from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
 from .subspace import SubspaceCovariance
@@ -106,7 +114,10 @@ class EvidenceResult:
     ``history`` has one entry per step for ``"objective"`` (the minimised loss; stochastic:
     without the log-determinant), ``"neg_log_evidence"`` (exact mode; per measurement and
     without PredCP: ``nan`` in stochastic mode), ``"predcp"``, ``"noise_variance"``,
-    ``"cg_iterations"``, ``"cg_residual"`` (largest relative residual) and ``"seconds"``.
+    ``"cg_iterations"``, ``"cg_residual"`` (largest relative residual), ``"grad_norm"``
+    (gradient norm in the log-hyperparameters, per measurement) and ``"seconds"``.
+    ``convergence``: ``converged`` (bool), ``objective_change`` and ``grad_norm`` over the last
+    ``window`` steps (see the module docstring).
     """
 
     hyperparameters: dict[str, dict[str, float]]
@@ -114,13 +125,17 @@ class EvidenceResult:
     steps: int
     seconds: float
     history: dict[str, list[float]] = field(default_factory=dict)
+    convergence: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _HISTORY_KEYS = ("objective", "neg_log_evidence", "predcp", "noise_variance", "cg_iterations",
-                 "cg_residual", "seconds")
+                 "cg_residual", "grad_norm", "seconds")
+#: convergence tolerances: relative objective change and gradient norm per measurement
+CONVERGENCE_RTOL = 1e-3
+CONVERGENCE_GTOL = 1e-2
 
 
 def negative_log_evidence(model: LinearizedModel,
@@ -255,39 +270,89 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     t0 = time.perf_counter()
     bar = tqdm(range(start, config.steps), desc=f"evidence ({config.mode})",
                disable=not config.progress, initial=start, total=config.steps)
-    for step in bar:
-        if stochastic is not None and (step % config.precond_every == 0
-                                       or stochastic.precond is None):
-            stochastic.refresh_preconditioner()
-        optimizer.zero_grad(set_to_none=True)
-        stats = {"cg_iterations": float("nan"), "cg_residual": float("nan")}
-        if stochastic is None:
-            nle = negative_log_evidence(model, structured, config.weights)
-            objective = nle
-            nle_value = float(nle.detach()) / model.num_obs
-        else:
-            objective, stats = stochastic()
-            nle_value = float("nan")
-        pc = predcp(model.prior) if predcp is not None else None
-        if pc is not None:
-            objective = objective + pc
-        objective.backward()
-        optimizer.step()
-        _record(history, objective, nle_value, pc, model, stats, elapsed + time.perf_counter() - t0)
-        if config.progress:
-            post = {"nle/obs": f"{nle_value:.4g}",
-                    "σ_y²": f"{float(model.noise_variance.detach()):.3g}"}
-            if stochastic is not None:
-                post.update(cg_it=int(stats["cg_iterations"]), cg_res=f"{stats['cg_residual']:.1e}")
-            bar.set_postfix(post, refresh=False)
-        done = step + 1
-        if path is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-            _save(path, step + 1, model, optimizer, history, generator, stochastic, config,
-                  elapsed + time.perf_counter() - t0, objective_terms)
-    bar.close()
+    try:
+        with deferred_interrupts(path is not None) as stop:
+            for step in bar:
+                if stochastic is not None and (step % config.precond_every == 0
+                                               or stochastic.precond is None):
+                    stochastic.refresh_preconditioner()
+                optimizer.zero_grad(set_to_none=True)
+                stats = {"cg_iterations": float("nan"), "cg_residual": float("nan")}
+                if stochastic is None:
+                    nle = negative_log_evidence(model, structured, config.weights)
+                    objective = nle
+                    nle_value = float(nle.detach()) / model.num_obs
+                else:
+                    objective, stats = stochastic()
+                    nle_value = float("nan")
+                pc = predcp(model.prior) if predcp is not None else None
+                if pc is not None:
+                    objective = objective + pc
+                objective.backward()
+                stats["grad_norm"] = _grad_norm(params) / model.num_obs
+                optimizer.step()
+                _record(history, objective, nle_value, pc, model, stats,
+                        elapsed + time.perf_counter() - t0)
+                if config.progress:
+                    bar.set_postfix(_postfix(history, model, stochastic is not None),
+                                    refresh=False)
+                done = step + 1
+                if path is not None and (done % config.checkpoint_every == 0
+                                         or done == config.steps or stop.requested):
+                    _save(path, done, model, optimizer, history, generator, stochastic, config,
+                          elapsed + time.perf_counter() - t0, objective_terms)
+                if stop.requested:
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
     seconds = elapsed + time.perf_counter() - t0
+    convergence = _convergence(history, model.num_obs)
+    if config.steps > 0 and not convergence["converged"]:
+        warnings.warn(f"evidence optimisation ({config.mode}) did not converge in {config.steps} "
+                      f"steps: objective change {convergence['objective_change']:.1e} and "
+                      f"gradient norm {convergence['grad_norm']:.1e} over the last "
+                      f"{convergence['window']} steps (tolerances {CONVERGENCE_RTOL:g}, "
+                      f"{CONVERGENCE_GTOL:g}); the uncertainty may be far off: use more steps",
+                      RuntimeWarning, stacklevel=2)
     return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance.detach()),
-                          config.steps, seconds, history)
+                          config.steps, seconds, history, convergence)
+
+
+def _grad_norm(params: list[Tensor]) -> float:
+    return math.sqrt(sum(float(p.grad.square().sum()) for p in params if p.grad is not None))
+
+
+def _postfix(history: dict[str, list[float]], model: LinearizedModel,
+             stochastic: bool) -> dict[str, str]:
+    """Progress-bar fields: the minimised objective per measurement and its parts."""
+    n = model.num_obs
+    post = {"objective/obs": f"{history['objective'][-1] / n:.4g}"}
+    if not stochastic:
+        post["nle/obs"] = f"{history['neg_log_evidence'][-1]:.4g}"
+    if not math.isnan(history["predcp"][-1]):
+        post["predcp/obs"] = f"{history['predcp'][-1] / n:.4g}"
+    post["σ_y²"] = f"{history['noise_variance'][-1]:.3g}"
+    if stochastic:
+        post.update(cg_it=int(history["cg_iterations"][-1]),
+                    cg_res=f"{history['cg_residual'][-1]:.1e}")
+    return post
+
+
+def _convergence(history: dict[str, list[float]], num_obs: int) -> dict[str, Any]:
+    """Objective change and mean gradient norm over the last ``window`` steps (module
+    docstring); ``window = clamp(steps // 5, 1, 50)``."""
+    objective, grads = history["objective"], history["grad_norm"]
+    steps = len(objective)
+    if steps < 2:
+        return dict(converged=False, window=0, objective_change=float("nan"),
+                    grad_norm=float("nan"))
+    window = min(max(steps // 5, 1), 50)
+    last, before = objective[-1], objective[-1 - window]
+    change = abs(last - before) / max(abs(last), num_obs)
+    grad = sum(grads[-window:]) / window
+    converged = change < CONVERGENCE_RTOL and grad < CONVERGENCE_GTOL
+    return dict(converged=bool(converged), window=window, objective_change=change,
+                grad_norm=grad)
 
 
 def _record(history: dict[str, list[float]], objective: Tensor, nle: float, pc: Tensor | None,
@@ -298,6 +363,7 @@ def _record(history: dict[str, list[float]], objective: Tensor, nle: float, pc: 
     history["noise_variance"].append(float(model.noise_variance.detach()))
     history["cg_iterations"].append(stats["cg_iterations"])
     history["cg_residual"].append(stats["cg_residual"])
+    history["grad_norm"].append(stats["grad_norm"])
     history["seconds"].append(seconds)
 
 
@@ -351,8 +417,8 @@ def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
         for name, param in model.named_parameters():
             param.copy_(state["hyperparameters"][name])
     optimizer.load_state_dict(state["optimizer"])
-    for key in history:
-        history[key].extend(state["history"][key])
+    for key in history:  # grad_norm: not recorded by older versions
+        history[key].extend(state["history"].get(key, [float("nan")] * int(state["step"])))
     generator.set_state(state["generator"])
     if stochastic is not None and state["precond"] is not None:
         stochastic.precond = LowRankPreconditioner(*state["precond"])
