@@ -62,10 +62,12 @@ class Uncertainty:
     seconds: dict
 
 
-def run_reconstruct(settings: dict) -> dict:
+def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) -> dict:
     """Run the job described by ``settings`` (see :data:`bayes_dip.cli.RECONSTRUCT_DEFAULTS`).
 
-    Returns the metrics written to ``metrics.json``.
+    ``checkpoint_dir``: folder for the DIP (``dip/``) and evidence (``evidence.pt``)
+    checkpoints; a run resumes from those it finds there. Returns the metrics written to
+    ``metrics.json``.
     """
     start = time.perf_counter()
     device = _device(settings["device"])
@@ -91,12 +93,17 @@ def run_reconstruct(settings: dict) -> dict:
     gt = problem.ground_truth
     gt_device = None if gt is None else gt.to(device)
     train = fit_mcdo if method == "mcdo" else reconstruct_dip
+    checkpoints = None if checkpoint_dir is None else Path(checkpoint_dir)
     dip = train(ray_trafo, y, net_input=net_input, config=config, ground_truth=gt_device,
+                checkpoint_dir=None if checkpoints is None else checkpoints / "dip",
                 progress=progress)
 
     uncertainty = None
     if settings["uncertainty"]:
-        uncertainty = _UNCERTAINTY[method](settings, problem, dip, config.gamma, progress)
+        resume = {} if checkpoints is None or method != "lin-dip" else dict(
+            checkpoint_path=checkpoints / "evidence.pt")
+        uncertainty = _UNCERTAINTY[method](settings, problem, dip, config.gamma, progress,
+                                           **resume)
     recon = (dip.recon if uncertainty is None else uncertainty.mean).detach().float().cpu()
     metrics = dict(problem=problem.info, dip=config.to_dict(),
                    fbp=_quality(problem.fbp, problem), dip_quality=_quality(recon, problem),
@@ -142,7 +149,7 @@ def _check_uncertainty_settings(settings: dict) -> None:
 
 
 def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
-                progress: bool) -> Uncertainty:
+                progress: bool, checkpoint_path: Path | None = None) -> Uncertainty:
     """Evidence-optimised linearised DIP around the trained network (TV-MAP unless scale 0)."""
     scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
@@ -151,15 +158,16 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
     steps = settings["evidence_steps"]
     if steps is None and mode == "stochastic":
         steps = DEFAULT_STOCHASTIC_STEPS
-    lin.optimize_hyperparameters(mode, scale or None, steps=steps, progress=progress,
-                                 seed=settings["seed"])
+    evidence = lin.optimize_hyperparameters(mode, scale or None, steps=steps, progress=progress,
+                                            seed=settings["seed"],
+                                            checkpoint_path=checkpoint_path)
     # Matheron samples (large images) need no tighter CG than their Monte-Carlo error
     sample_kwargs = {} if mode == "exact" else {"cg_tol": SAMPLE_CG_TOL}
     result = lin.estimate_uncertainty(num_samples=settings["samples"], seed=settings["seed"],
                                       **sample_kwargs)
     info = dict(mode=result.mode, prior="TV-MAP" if scale else "MLL",
                 noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
-                hyperparameters=result.hyperparameters)
+                hyperparameters=result.hyperparameters, convergence=evidence.convergence)
     return Uncertainty("linearised DIP", result.mean, result.std, result.samples,
                        result.log_likelihood, info, result.seconds)
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
 from bayes_dip.cli import main
@@ -17,15 +19,20 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _fails_cleanly(capsys, tmp_path, *args: str, expect: tuple[str, ...]) -> None:
-    out = tmp_path / "out"
+def _fails_cleanly(capsys, tmp_path, *args: str, expect: tuple[str, ...],
+                   out=None, within: float = 60.0) -> None:
+    out = tmp_path / "out" if out is None else out
+    start = time.perf_counter()
     code, _, err = _run(capsys, *args, "--out", str(out), "--quiet")
+    assert time.perf_counter() - start < within, "checked only after work started"
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for word in expect:
         assert word in err, err
-    assert not out.exists()
-    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    if out.parent == tmp_path:
+        assert not out.exists() or out.is_file()
+        assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+        assert not out.with_name(out.name + ".partial").exists()
 
 
 def test_kmnist_end_to_end(capsys, tmp_path, data_root):
@@ -160,3 +167,72 @@ def test_calibrate_missing_config(capsys, tmp_path):
     assert main(["calibrate", "--config", str(tmp_path / "none.yaml")]) == 2
     err = capsys.readouterr().err
     assert "--config" in err and "Traceback" not in err
+
+
+def test_out_is_an_existing_file(capsys, tmp_path):
+    path = tmp_path / "out"
+    path.write_text("keep me")
+    _fails_cleanly(capsys, tmp_path, out=path, expect=("--out", "file"), within=10)
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["/proc/nope", "/proc/nope/deeper"])
+def test_out_cannot_be_created(capsys, tmp_path, where):
+    from pathlib import Path
+    _fails_cleanly(capsys, tmp_path, out=Path(where), expect=("--out", where), within=10)
+
+
+@pytest.mark.parametrize("angles", ["1000000", "100000"])
+def test_absurd_angles_refused_with_a_memory_estimate(capsys, tmp_path, angles):
+    _fails_cleanly(capsys, tmp_path, "--angles", angles,
+                   expect=("--angles", angles, "GiB", "available", "--force"), within=10)
+
+
+def test_absurd_size_refused_with_a_memory_estimate(capsys, tmp_path):
+    _fails_cleanly(capsys, tmp_path, "--size", "20000", expect=("--size", "GiB"), within=10)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (("--angles", "10", "--noise", "0.2"), ("--angles/--noise", "--htc2022")),
+    (("--noise", "0.2"), ("--noise", "--htc2022")),
+])
+def test_simulation_options_refused_for_a_measured_scan(capsys, tmp_path, args, expect):
+    _htc_mat(tmp_path / "scan.mat", np.ones((5, 560)), np.arange(5.0))
+    _fails_cleanly(capsys, tmp_path, "--htc2022", str(tmp_path / "scan.mat"), *args,
+                   expect=expect, within=10)
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_bad_threads(capsys, tmp_path, threads):
+    _fails_cleanly(capsys, tmp_path, "--threads", threads, expect=("--threads",), within=10)
+
+
+def test_threads_and_inapplicable_options_warn(capsys, tmp_path, data_root):
+    out = tmp_path / "run"
+    torch.set_num_threads(2)
+    code, _, err = _run(capsys, "--kmnist", "0", "--data-root", str(data_root), "--angles", "5",
+                        "--iterations", "5", "--no-uncertainty", "--evidence-steps", "3",
+                        "--threads", "1", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert torch.get_num_threads() == 1
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning == ["bayes-dip: warning: --evidence-steps applies to --method lin-dip only; "
+                       "ignored"]
+    assert not (tmp_path / "run.partial").exists()  # checkpoints go once the run is done
+    code, _, err = _run(capsys, "--image", str(tmp_path / "x.png"), "--data-root", str(data_root),
+                        "--out", str(out), "--quiet")
+    assert code == 2 and "--data-root applies to --kmnist only" in err
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reconstruct", "--help"])
+    rec = capsys.readouterr().out
+    for text in (top, rec):
+        assert "``" not in text and ":func:" not in text
+    for phrase in ("CT_small.dcm", "4 minutes", "35 s", "--no-uncertainty", "--threads",
+                   "<out>.partial", "--restart", "--htc2022 FILE is a measured"):
+        assert phrase in rec, phrase
