@@ -9,7 +9,8 @@ import torch
 from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
 
 from bayes_dip.linearized import (LinearizedModel, StructuredCovariance, WeightPrior,
-                                  exact_predictive, image_noise_variance, sample_predictive)
+                                  conditional_mean, exact_predictive, image_noise_variance,
+                                  sample_predictive)
 from bayes_dip.metrics import log_likelihood_full
 
 F64 = torch.float64
@@ -52,6 +53,24 @@ def test_exact_predictive_is_conjugate_posterior(parts):
     diag = torch.distributions.Normal(pred.mean.reshape(-1), pred.std().reshape(-1))
     assert pred.patch_log_likelihood(gt, 1).per_pixel == pytest.approx(
         float(diag.log_prob(gt.reshape(-1)).mean()))
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_conditional_mean_is_conjugate_posterior_mean(parts, solver):
+    """θ ~ N(θ̂, Σ), y = A(x̂ + J(θ − θ̂)) + ε: E[x | y] = x̂ + J Σ_post (AJ)ᵀ (y − A x̂) / σ²."""
+    model, sc, j, a = parts
+    with torch.no_grad():
+        sigma = model.prior.matmul(torch.eye(j.shape[1], dtype=F64))
+        aj, nv = a @ j, float(model.noise_variance)
+        post = torch.linalg.inv(torch.linalg.inv(sigma) + aj.T @ aj / nv)
+        x_hat = model.jac.output.reshape(-1)
+        expected = x_hat + j @ post @ aj.T @ (model.y_flat - a @ x_hat) / nv
+    kwargs = dict(structured=sc) if solver == "cholesky" else dict(cg_tol=1e-10)
+    mean, info = conditional_mean(model, **kwargs)
+    assert (info is None) == (solver == "cholesky")
+    torch.testing.assert_close(mean.reshape(-1), expected, rtol=1e-6, atol=1e-8)
+    # the correction is not negligible on this problem
+    assert float((expected - x_hat).abs().max()) > 1e-3
 
 
 def test_jitter_is_chosen_and_reported(parts):

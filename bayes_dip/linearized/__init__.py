@@ -7,7 +7,8 @@
 * :mod:`.model` — the linearised Gaussian model and its hyperparameters.
 * :mod:`.evidence` — type-II ML (exact / low-rank / stochastic), checkpoint and resume.
 * :mod:`.predcp` — TV-PredCP hyperprior (exact / fixed-sample / sampled).
-* :mod:`.predictive` — exact full-covariance predictive, Matheron samples.
+* :mod:`.predictive` — posterior mean, exact full-covariance predictive, Matheron samples.
+* :mod:`.heldout` — held-out predictive of the measurements (calibration check, prior scale).
 * :mod:`.api` — :class:`LinearizedDIP`, :func:`estimate_uncertainty`.
 """
 from .api import LinearizedDIP, UncertaintyResult, estimate_uncertainty
@@ -17,7 +18,9 @@ from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, opt
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint, gprior_scale
 from .model import LinearizedModel
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
-from .predictive import (ExactPredictive, SampledPredictive, exact_predictive,
+from .heldout import (HeldOutPredictive, ObservationSpectrum, heldout_groups,
+                      heldout_predictive, select_prior_scale)
+from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
                          image_noise_variance, sample_predictive)
 from .subspace import SubspaceCovariance
 from .priors import (KERNEL_JITTER, BlockLayout, WeightLayout, WeightPrior, distance_classes,
@@ -34,5 +37,7 @@ __all__ = [
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
     "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
-    "image_noise_variance",
+    "conditional_mean", "image_noise_variance",
+    "ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive",
+    "select_prior_scale",
 ]

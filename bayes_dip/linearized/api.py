@@ -23,17 +23,20 @@ from torch import Tensor, nn
 
 from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
+from .heldout import (HeldOutPredictive, ObservationSpectrum, heldout_groups,
+                      heldout_predictive, select_prior_scale)
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
-from .predictive import (ExactPredictive, SampledPredictive, exact_predictive,
-                         sample_predictive)
+from .predictive import (ExactPredictive, SampledPredictive, conditional_mean,
+                         exact_predictive, sample_predictive)
 from .priors import WeightPrior, distance_classes, gprior_layout
 from .subspace import SubspaceCovariance
 
 __all__ = ["LinearizedDIP", "UncertaintyResult", "estimate_uncertainty"]
 
 _MODES = ("auto", "exact", "lowrank", "stochastic")
+_MEANS = ("posterior", "dip")
 
 
 @dataclass
@@ -124,6 +127,7 @@ class LinearizedDIP:
         self.mode: str | None = None
         self._structured: StructuredCovariance | None = None
         self.seconds: dict[str, float] = {}
+        self.mean_cg = None
 
     def reset_hyperparameters(self, variance: float = 1.0, lengthscale: float = 0.1,
                               noise_variance: float = 1.0) -> None:
@@ -230,33 +234,84 @@ class LinearizedDIP:
         self.seconds["evidence"] = self.evidence.seconds
         return self.evidence
 
+    # -- held-out check and prior scale ------------------------------------------------------
+    def observation_spectrum(self, mode: str | None = None) -> ObservationSpectrum:
+        """``K_yy`` at the current hyperparameters as an :class:`ObservationSpectrum` (exact
+        mode: full eigendecomposition; low-rank: the subspace plus its remainder)."""
+        mode = self.resolve_mode(mode or self.mode or "auto")
+        nv = float(self.model.noise_variance.detach())
+        if mode == "exact":
+            return self.structured.spectrum(self.model.prior, nv)
+        if mode == "lowrank":
+            return self.subspace().spectrum(self.model.prior, nv)
+        raise ValueError("held-out checks need the 'exact' or 'lowrank' mode, got 'stochastic'")
+
+    def heldout(self, kind: str = "angle", mode: str | None = None) -> HeldOutPredictive:
+        """Predictive of each measurement (``"measurement"``) or projection (``"angle"``)
+        given all others, at the current hyperparameters: a calibration check of the
+        posterior that needs no ground truth (:mod:`~bayes_dip.linearized.heldout`)."""
+        groups = heldout_groups(self.model.ray_trafo.obs_shape, kind)
+        return heldout_predictive(self.observation_spectrum(mode), self.model.residual,
+                                  groups.to(self.jac.device), kind)
+
+    def calibrate_prior_scale(self, kind: str = "angle", mode: str | None = None) -> float:
+        """Multiply every prior variance ``σ_d²`` by the scale ``s`` that maximises the
+        held-out log predictive of the measurements (``σ_y²`` unchanged); returns ``s``."""
+        groups = heldout_groups(self.model.ray_trafo.obs_shape, kind).to(self.jac.device)
+        scale = select_prior_scale(self.observation_spectrum(mode), self.model.residual, groups)
+        with torch.no_grad():
+            self.model.prior.log_variance.add_(math.log(scale))
+        return scale
+
     # -- predictive -------------------------------------------------------------------------
     def predictive(self, mode: str | None = None, *, num_samples: int = 1024,
-                   image_noise: float | str = "auto", seed: int = 0,
+                   image_noise: float | str = "auto", seed: int = 0, mean: str = "posterior",
                    **sample_kwargs: Any) -> ExactPredictive | SampledPredictive:
         """Exact full-covariance predictive (exact mode) or Matheron samples (low-rank mode:
         CG preconditioned by the subspace; stochastic: by a Nyström preconditioner).
 
         ``mode`` defaults to the one of the last evidence optimisation (else ``"auto"``).
+        ``mean``: ``"posterior"`` — the linearised model's posterior mean
+        ``x̂ + C Aᵀ K_yy⁻¹ (y − A x̂)`` (:func:`conditional_mean`), the mean that belongs to
+        the covariance; ``"dip"`` — ``recon`` (the DIP output ``x̂`` unless given).
         """
+        if mean not in _MEANS:
+            raise ValueError(f"mean must be one of {_MEANS}, got {mean!r}")
         mode = self.resolve_mode(mode or self.mode or "auto")
         t0 = time.perf_counter()
         if mode == "exact":
-            out = exact_predictive(self.model, self.structured, mean=self.recon,
+            center = self.recon if mean == "dip" else \
+                conditional_mean(self.model, structured=self.structured)[0]
+            out = exact_predictive(self.model, self.structured, mean=center,
                                    image_noise=image_noise)
         else:
             gen = torch.Generator(device=self.jac.device).manual_seed(seed)
-            if mode == "lowrank" and "precond" not in sample_kwargs:
-                sample_kwargs["precond"] = self.subspace(seed).preconditioner(
-                    self.model.prior, self.model.noise_variance.detach())
-            out = sample_predictive(self.model, num_samples, mean=self.recon,
+            if "precond" not in sample_kwargs:
+                sample_kwargs["precond"] = self._preconditioner(
+                    mode, seed, sample_kwargs.pop("precond_rank", 200))
+            center = self.recon
+            if mean == "posterior":
+                center, self.mean_cg = conditional_mean(self.model,
+                                                        precond=sample_kwargs["precond"])
+            out = sample_predictive(self.model, num_samples, mean=center,
                                     image_noise=image_noise, generator=gen, **sample_kwargs)
         self.seconds["predictive"] = time.perf_counter() - t0
         return out
 
+    def _preconditioner(self, mode: str, seed: int, rank: int):
+        """CG preconditioner of ``K_yy``: the subspace (low-rank) or a rank-``rank`` Nyström
+        sketch (stochastic; ``rank=0``: none)."""
+        if mode == "lowrank":
+            return self.subspace(seed).preconditioner(self.model.prior,
+                                                      self.model.noise_variance.detach())
+        if rank == 0:
+            return None
+        gen = torch.Generator(device=self.jac.device).manual_seed(seed)
+        return self.model.obs_cov.preconditioner(min(rank, self.model.num_obs - 1), gen)
+
     def estimate_uncertainty(self, mode: str | None = None, *, num_samples: int = 16,
                              image_noise: float | str = "auto", seed: int = 0,
-                             **sample_kwargs: Any) -> UncertaintyResult:
+                             mean: str = "posterior", **sample_kwargs: Any) -> UncertaintyResult:
         """Std map, ``num_samples`` posterior samples and the predictive (see :meth:`predictive`).
 
         In the stochastic mode the std comes from the ``num_samples`` Matheron samples (the
@@ -264,7 +319,7 @@ class LinearizedDIP:
         """
         mode = self.resolve_mode(mode or self.mode or "auto")
         pred = self.predictive(mode, num_samples=num_samples, image_noise=image_noise, seed=seed,
-                               **sample_kwargs)
+                               mean=mean, **sample_kwargs)
         if isinstance(pred, ExactPredictive):
             gen = torch.Generator(device=pred.covariance.device).manual_seed(seed)
             samples = pred.sample(num_samples, gen)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from bayes_dip.linalg import NystromPreconditioner
 
+from .heldout import ObservationSpectrum
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
 from .priors import KERNEL_JITTER, WeightLayout, WeightPrior, distance_classes
 
@@ -370,6 +371,12 @@ class StructuredCovariance:
         k = k.index_put((self._rows, self._cols), packed)
         k = k + k.tril(-1).mT
         return k + noise_variance * torch.eye(self.n_obs, dtype=k.dtype, device=k.device)
+
+    def spectrum(self, prior: WeightPrior, noise_variance: Tensor | float) -> ObservationSpectrum:
+        """Eigen-structure of ``A J Σ_θ Jᵀ Aᵀ`` (full basis) for held-out checks."""
+        with torch.no_grad():
+            evals, evecs = torch.linalg.eigh(self.observation_covariance(prior, 0.0))
+        return ObservationSpectrum(evecs, evals.clamp_min(0.0), 0.0, float(noise_variance))
 
     def cross_covariance(self, prior: WeightPrior) -> Tensor:
         """``J Σ_θ Jᵀ Aᵀ`` ``(n_pix, n_obs)``."""

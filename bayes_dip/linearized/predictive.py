@@ -27,7 +27,7 @@ from .covariance import StructuredCovariance
 from .jacobian import apply_ray_trafo, apply_ray_trafo_adjoint
 from .model import LinearizedModel
 
-__all__ = ["image_noise_variance", "ExactPredictive", "exact_predictive", "SampledPredictive",
+__all__ = ["image_noise_variance", "conditional_mean", "ExactPredictive", "exact_predictive", "SampledPredictive",
            "sample_predictive"]
 
 _DENSE_SVD_LIMIT = 4_000_000  # n_obs · n_pix up to which A's singular values come from a dense SVD
@@ -74,6 +74,31 @@ def _mean(model: LinearizedModel, mean: Tensor | None) -> Tensor:
     if not isinstance(mean, Tensor) or tuple(mean.shape) != tuple(model.jac.output.shape):
         raise ValueError(f"mean must have shape {tuple(model.jac.output.shape)}")
     return mean.detach().to(torch.float64)
+
+
+def conditional_mean(model: LinearizedModel, *, structured: StructuredCovariance | None = None,
+                     precond: Preconditioner | None = None, cg_tol: float = 1e-6,
+                     cg_max_iter: int = 500) -> tuple[Tensor, CGInfo | None]:
+    """Posterior mean of the linearised model with the weight prior centred at ``θ̂``:
+    ``x̂ + C Aᵀ K_yy⁻¹ (y − A x̂)`` ``(1, 1, H, W)`` float64 (the mean that matches the
+    covariance of :func:`exact_predictive` / :func:`sample_predictive`).
+
+    ``K_yy⁻¹`` by Cholesky with ``structured``, else by preconditioned CG (reported)."""
+    x_hat = model.jac.output.detach().to(torch.float64)
+    residual = model.residual.unsqueeze(1)
+    info = None
+    with torch.no_grad():
+        if structured is not None:
+            kyy = structured.observation_covariance(model.prior,
+                                                    model.noise_variance.to(torch.float64))
+            alpha = torch.cholesky_solve(residual, torch.linalg.cholesky(kyy))
+            corr = structured.cross_covariance(model.prior) @ alpha
+        else:
+            dtype = model.jac.dtype
+            alpha, info = pcg(model.obs_cov.matmul, residual.to(dtype), precond=precond,
+                              tol=cg_tol, max_iter=cg_max_iter)
+            corr = model.image_cov.matmul(apply_ray_trafo_adjoint(model.ray_trafo, alpha))
+    return x_hat + corr.to(torch.float64).reshape(x_hat.shape), info
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import Tensor
 from bayes_dip.linalg import LowRankPreconditioner
 
 from .covariance import ImageCovariance, TermWeights, term_grams
+from .heldout import ObservationSpectrum
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
 from .priors import WeightPrior
 
@@ -116,6 +117,18 @@ class SubspaceCovariance:
             alpha = torch.cholesky_solve(inside.unsqueeze(1), chol).squeeze(1)
             value = value + 0.5 * inside @ alpha + 0.5 * outside / remainder
         return value
+
+    def spectrum(self, prior: WeightPrior, noise_variance: Tensor | float) -> ObservationSpectrum:
+        """``K̃`` as an :class:`~bayes_dip.linearized.heldout.ObservationSpectrum`: ``U = QV``,
+        ``λ = Λ`` from ``B = VΛVᵀ`` and the remainder's mean eigenvalue ``τ/(n − r)``."""
+        with torch.no_grad():
+            w = self.weights(prior)
+            b = torch.einsum("t,tij->ij", w, self.grams)
+            evals, evecs = torch.linalg.eigh(0.5 * (b + b.mT))
+            rest = self.n_obs - self.rank
+            tail = float(w @ self.tail) / rest if rest else 0.0
+        return ObservationSpectrum(self.basis @ evecs, evals.clamp_min(0.0), tail,
+                                   float(noise_variance))
 
     def preconditioner(self, prior: WeightPrior, noise_variance: Tensor | float
                        ) -> LowRankPreconditioner:
