@@ -13,3 +13,6 @@ autodoc_typehints = "description"
 napoleon_google_docstring = True
 html_theme = "alabaster"
 exclude_patterns = ["_build"]
+# "Attributes:" sections as :ivar: fields: a separate attribute directive would describe each
+# dataclass field a second time (duplicate object descriptions)
+napoleon_use_ivar = True

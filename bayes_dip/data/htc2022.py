@@ -179,7 +179,7 @@ def _block_mean(image: np.ndarray, size: int) -> np.ndarray:
 def load_htc2022(path: str | os.PathLike, im_size: int = 128, detector_binning: int = 1,
                  binning_mode: str = "mean",
                  segmentation: bool | str | os.PathLike = True) -> HTC2022Scan:
-    """Load an HTC2022 scan with its fan-beam geometry on an ``im_size``² grid.
+    """Load an HTC2022 scan with its fan-beam geometry on an ``im_size × im_size`` grid.
 
     Args:
         path: ``.mat`` file with ``CtDataLimited`` or ``CtDataFull``.

@@ -51,7 +51,7 @@ class Transform(ABC):
 
     @abstractmethod
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
-        """log |g'(u)| elementwise."""
+        """``log |g'(u)|`` elementwise."""
 
     def in_support(self, x: Tensor) -> Tensor:
         """Boolean mask of x strictly inside (low, high)."""
@@ -152,7 +152,7 @@ class ParameterTransform:
         return self._apply("to_unconstrained", x)
 
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
-        """Σ_i log |g_i'(u_i)|, (...)."""
+        """``Σ_i log |g_i'(u_i)|``, (...)."""
         self._check(u, "u")
         return self._apply("log_abs_det_jacobian", u).sum(-1)
 

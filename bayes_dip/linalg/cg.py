@@ -25,11 +25,13 @@ _STAGNATION = 0.5
 class CGInfo:
     """Diagnostics of :func:`pcg`.
 
-    iterations: CG iterations run (products with ``K`` in the loop).
-    residual_norms: ``(k,)`` true relative residuals ``‖b − K x‖ / ‖b‖`` of the result
-        (absolute for zero columns of ``b``).
-    converged: every column reached ``tol``.
-    residual_history: ``(iterations + 1, k)`` recursive relative residuals, when recorded.
+    Attributes:
+        iterations: CG iterations run (products with ``K`` in the loop).
+        residual_norms: ``(k,)`` true relative residuals ``‖b − K x‖ / ‖b‖`` of the result
+            (absolute for zero columns of ``b``).
+        converged: every column reached ``tol``.
+        residual_history: ``(iterations + 1, k)`` recursive relative residuals, when
+            recorded.
     """
 
     iterations: int

@@ -25,7 +25,7 @@ def plot_error_vs_std(
     panel_size: float = 3.2,
     save_path: str | Path | None = None,
 ) -> Figure:
-    """2D histogram of pixel |error| against predicted std, one panel per method.
+    """2D histogram of pixel ``|error|`` against predicted std, one panel per method.
 
     ``predictions`` maps names to ``(recon, std)`` shaped like ``ground_truth`` (any
     shape). Axes (``[0, std_max]``, ``[0, error_max]``, default: max over methods) and

@@ -34,7 +34,7 @@ def plot_uncertainty_panels(
     panel_size: float = 2.4,
     save_path: str | Path | None = None,
 ) -> Figure:
-    """One row per method: reconstruction | std | |error| (the last only with ``ground_truth``).
+    """One row per method: reconstruction | std | ``|error|`` (the last only with ``ground_truth``).
 
     ``predictions`` maps a method name to ``(recon, std)``, each ``(H, W)`` or
     ``(1, 1, H, W)``; ``std=None`` (a method without uncertainty) leaves its std panel
