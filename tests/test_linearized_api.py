@@ -78,9 +78,9 @@ def test_lowrank_mode_tv_map(problem):
     assert res.history["neg_log_evidence"][-1] < res.history["neg_log_evidence"][0]
     assert all(math.isfinite(v) for v in res.history["predcp"])
     assert lin.subspace().rank == 30 and "structure" in lin.seconds
-    result = lin.estimate_uncertainty(num_samples=8)
+    result = lin.estimate_uncertainty(num_samples=8, variance_samples=64)
     assert result.mode == "lowrank" and isinstance(result.predictive, SampledPredictive)
-    assert max(info.iterations for info in result.predictive.cg) < 30
+    assert result.samples.shape[0] == 8 and result.predictive.samples.shape[0] == 64
     assert math.isfinite(result.log_likelihood(truth, patch_size=2))
     first = lin.subspace()
     lin.reset_subspace()  # sketched again, at the optimised hyperparameters

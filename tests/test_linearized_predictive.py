@@ -9,8 +9,8 @@ import torch
 from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
 
 from bayes_dip.linearized import (LinearizedModel, StructuredCovariance, WeightPrior,
-                                  conditional_mean, exact_predictive, image_noise_variance,
-                                  sample_predictive)
+                                  SubspaceCovariance, conditional_mean, exact_predictive,
+                                  image_noise_variance, sample_predictive, subspace_predictive)
 from bayes_dip.metrics import log_likelihood_full
 
 F64 = torch.float64
@@ -71,6 +71,46 @@ def test_conditional_mean_is_conjugate_posterior_mean(parts, solver):
     torch.testing.assert_close(mean.reshape(-1), expected, rtol=1e-6, atol=1e-8)
     # the correction is not negligible on this problem
     assert float((expected - x_hat).abs().max()) > 1e-3
+
+
+def test_subspace_predictive_full_rank_is_exact_posterior(parts):
+    """U spanning all measurements: the posterior mean is the conjugate one and the sample
+    variances converge to the exact diagonal at the √(2/S) Monte-Carlo rate."""
+    model, sc, _, _ = parts
+    spectrum = sc.spectrum(model.prior, float(model.noise_variance))
+    num = 4000
+    pred = subspace_predictive(model, spectrum, num, image_noise=0.0,
+                               generator=torch.Generator().manual_seed(0))
+    exact = exact_predictive(model, sc, image_noise=0.0, jitter=0.0)
+    torch.testing.assert_close(pred.mean, conditional_mean(model, structured=sc)[0])
+    var, ref = pred.std().square().reshape(-1), exact.covariance.diagonal()
+    rel = (var - ref).abs() / ref
+    assert float(rel.median()) < 0.674 * math.sqrt(2 / num) * 1.5
+    assert float(rel.max()) < 5 * math.sqrt(2 / num)
+
+
+def test_subspace_predictive_low_rank_is_projected_data_posterior(parts):
+    """Rank-10 subspace: the covariance is Gaussian conditioning on Uᵀy (dense formula) and
+    never below the full-data posterior."""
+    model, sc, j, a = parts
+    sub = SubspaceCovariance.build(model.jac, model.ray_trafo, model.prior, 10,
+                                   generator=torch.Generator().manual_seed(2))
+    spectrum = sub.spectrum(model.prior, float(model.noise_variance))
+    u = spectrum.basis
+    c = sc.image_covariance(model.prior)
+    g = c @ a.T @ u
+    k_u = u.T @ (a @ c @ a.T) @ u + float(model.noise_variance) * torch.eye(10, dtype=F64)
+    projected = c - g @ torch.linalg.solve(k_u, g.T)
+    torch.testing.assert_close(u.T @ a @ c @ a.T @ u, torch.diag(spectrum.eigenvalues),
+                               rtol=1e-8, atol=1e-10)
+    full = exact_predictive(model, sc, image_noise=0.0, jitter=0.0).covariance
+    assert bool((projected.diagonal() >= full.diagonal() - 1e-12).all())
+    num = 4000
+    pred = subspace_predictive(model, spectrum, num, image_noise=0.0, mean="dip",
+                               generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pred.mean, model.jac.output)
+    rel = (pred.std().square().reshape(-1) - projected.diagonal()).abs() / projected.diagonal()
+    assert float(rel.median()) < 0.674 * math.sqrt(2 / num) * 1.5
 
 
 def test_jitter_is_chosen_and_reported(parts):

@@ -21,7 +21,7 @@ from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_
 from .heldout import (HeldOutPredictive, ObservationSpectrum, heldout_groups,
                       heldout_predictive, select_prior_scale)
 from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
-                         image_noise_variance, sample_predictive)
+                         image_noise_variance, sample_predictive, subspace_predictive)
 from .subspace import SubspaceCovariance
 from .priors import (KERNEL_JITTER, BlockLayout, WeightLayout, WeightPrior, distance_classes,
                      gprior_layout, weight_layout)
@@ -37,7 +37,7 @@ __all__ = [
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
     "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
-    "conditional_mean", "image_noise_variance",
+    "conditional_mean", "subspace_predictive", "image_noise_variance",
     "ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive",
     "select_prior_scale",
 ]
