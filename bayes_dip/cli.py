@@ -221,6 +221,8 @@ def _partial_progress(partial: Path) -> str:
     return ", ".join(parts)
 
 
+#: checkpoint files of run_reconstruct inside <out>.partial/
+_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "evidence.pt")
 #: settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("quiet",)
 
@@ -268,7 +270,7 @@ def _reconstruct(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"nothing saved; rerun with: {command}", file=sys.stderr)
         return 128 + (last_signal() or signal.SIGINT)
     except BaseException:
-        if not _partial_progress(partial):
+        if not any((partial / name).is_file() for name in _CHECKPOINT_FILES):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(partial, ignore_errors=True)

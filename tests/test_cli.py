@@ -163,6 +163,15 @@ def test_calibrate_runs_a_tiny_study(capsys, tmp_path):
     assert "Linearised DIP (MLL)" in table and (out / "table.md").is_file() and (out / "table.csv").is_file()
 
 
+def test_calibrate_checks_out_and_threads_first(capsys, tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("name: x\n")
+    for args, option in ((["--out", "/proc/nope"], "--out"), (["--threads", "0"], "--threads")):
+        assert main(["calibrate", "--config", str(cfg), *args]) == 2
+        err = capsys.readouterr().err
+        assert option in err and "Traceback" not in err
+
+
 def test_calibrate_missing_config(capsys, tmp_path):
     assert main(["calibrate", "--config", str(tmp_path / "none.yaml")]) == 2
     err = capsys.readouterr().err
