@@ -213,7 +213,7 @@ def _partial_progress(partial: Path) -> str:
     dip = load_checkpoint(partial / "dip")
     if dip is not None:
         parts.append(f"DIP iteration {dip['iteration']} of {dip['config']['iterations']} "
-                     f"(best iterate {int(dip['best_iteration'])})")
+                     f"with its best iterate ({int(dip['best_iteration'])})")
     evidence = partial / "evidence.pt"
     if evidence.is_file():
         state = torch.load(evidence, map_location="cpu", weights_only=False)
