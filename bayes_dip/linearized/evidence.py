@@ -312,7 +312,8 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                       f"steps: objective change {convergence['objective_change']:.1e} and "
                       f"gradient norm {convergence['grad_norm']:.1e} over the last "
                       f"{convergence['window']} steps (tolerances {CONVERGENCE_RTOL:g}, "
-                      f"{CONVERGENCE_GTOL:g}); the uncertainty may be far off: use more steps",
+                      f"{CONVERGENCE_GTOL:g}); the uncertainty may be far off: use more steps "
+                      "(bayes-dip reconstruct: --evidence-steps)",
                       RuntimeWarning, stacklevel=2)
     return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance.detach()),
                           config.steps, seconds, history, convergence)
