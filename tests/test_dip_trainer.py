@@ -153,6 +153,30 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, dtype):
     assert op.calls == calls
 
 
+def test_plateau_stops_when_the_lowest_loss_stalls(tmp_path):
+    """The run stops at the first window end where the lowest loss improved by less than
+    ``plateau_tol``; the same run with a fixed count agrees up to there; a resumed finished
+    run does not train further."""
+    op, x, y, inp = _problem()
+    cfg = DIPConfig(iterations=3000, lr=0.003, gamma=1e-3, plateau_window=50,
+                    plateau_tol=0.002, checkpoint_every=1000)
+    kwargs = dict(net_input=inp, ground_truth=x, progress=False)
+    run = reconstruct_dip(op, y, net=_small_net(), config=cfg, checkpoint_dir=tmp_path, **kwargs)
+    n = run.history.loss.numel()
+    assert 150 <= n < 3000 and n % 50 == 0
+    best = [float(run.history.loss[:k].min()) for k in (n - 100, n - 50, n)]
+    assert best[2] > 0.998 * best[1]  # stalled in the last window
+    assert best[1] <= 0.998 * best[0]  # not in the one before
+    fixed = reconstruct_dip(op, y, net=_small_net(),
+                            config=DIPConfig(iterations=n, lr=0.003, gamma=1e-3), **kwargs)
+    torch.testing.assert_close(fixed.history.loss, run.history.loss)
+    calls = op.calls
+    again = reconstruct_dip(op, y, net=_small_net(), config=cfg, checkpoint_dir=tmp_path,
+                            **kwargs)
+    _assert_same_run(run, again)
+    assert op.calls == calls
+
+
 def test_checkpoint_extends_to_more_iterations(tmp_path):
     op, x, y, inp = _problem()
     cfg = DIPConfig(iterations=30, lr=0.02, checkpoint_every=100)

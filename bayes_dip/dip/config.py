@@ -26,6 +26,9 @@ class DIPConfig:
         unet: :func:`~bayes_dip.dip.unet_preset` name of the network built when none is
             passed; ``None`` picks ``"kmnist"`` for images up to 64 px, else ``"128"``.
         fbp_filter: filter of the FBP used as network input when none is passed.
+        plateau_window, plateau_tol: stop before ``iterations`` once the lowest loss improved
+            by less than the fraction ``plateau_tol`` over the last ``plateau_window``
+            iterations (checked every window after the warm-up; 0: run all iterations).
         checkpoint_every: iterations between checkpoints (used with a ``checkpoint_dir``).
         log_every: iterations between progress-bar updates (the only host syncs).
     """
@@ -37,6 +40,8 @@ class DIPConfig:
     seed: int = 0
     unet: str | None = None
     fbp_filter: str = "hann"
+    plateau_window: int = 0
+    plateau_tol: float = 0.01
     checkpoint_every: int = 1000
     log_every: int = 100
 
@@ -45,12 +50,14 @@ class DIPConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("seed", "lr_warmup"):
+        for name in ("seed", "lr_warmup", "plateau_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not _is_real(self.plateau_tol) or not 0 < self.plateau_tol < 1:
+            raise ValueError(f"plateau_tol must be a number in (0, 1), got {self.plateau_tol!r}")
         if not _is_real(self.gamma) or not math.isfinite(self.gamma) or self.gamma < 0:
             raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
         if self.unet is not None and not isinstance(self.unet, str):

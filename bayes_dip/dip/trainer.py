@@ -22,7 +22,8 @@ from .unet import unet_preset
 __all__ = ["DIPHistory", "DIPResult", "reconstruct_dip"]
 
 # config fields that may change between an interrupted run and its resumption
-_RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "log_every")
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "log_every", "plateau_window",
+                      "plateau_tol")
 
 
 @dataclass
@@ -156,11 +157,14 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                                              best, losses, psnrs)
         t0 = time.perf_counter()
         net.train()
+        done = start
         bar = tqdm(total=total, initial=start, desc="DIP", disable=not progress,
                    dynamic_ncols=True)
         try:
             with deferred_interrupts(checkpoint_dir is not None) as stop:
-                for it in range(start, total):
+                # a run resumed from its plateau stop is finished
+                first = total if _plateaued(config, losses, start) else start
+                for it in range(first, total):
                     if it <= config.lr_warmup:
                         for group in optimizer.param_groups:
                             warm = min(1.0, (it + 1) / max(config.lr_warmup, 1))
@@ -175,7 +179,8 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                         psnrs[it] = _psnr(out.detach(), ground_truth)
                     optimizer.step()
                     done = it + 1
-                    if done % config.log_every == 0 or done == total:
+                    finished = done == total or _plateaued(config, losses, done)
+                    if done % config.log_every == 0 or finished:
                         postfix = {"loss": f"{losses[it].item():.3e}",
                                    "best": f"{best.loss.item():.3e}"}
                         if psnrs is not None:
@@ -183,13 +188,15 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                         bar.set_postfix(postfix, refresh=False)
                         bar.update(done - bar.n)
                     if checkpoint_dir is not None and (done % config.checkpoint_every == 0
-                                                       or done == total or stop.requested):
+                                                       or finished or stop.requested):
                         seconds = seconds_before + time.perf_counter() - t0
                         save_checkpoint(checkpoint_dir, _state(
                             config, y, net_input, net, optimizer, best, losses, psnrs, done,
                             seconds))
                     if stop.requested:
                         raise KeyboardInterrupt
+                    if finished:
+                        break
         finally:
             bar.close()
         seconds = seconds_before + time.perf_counter() - t0
@@ -202,10 +209,21 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
             p.copy_(b)
         net.eval()
         recon = net(net_input)
-    history = DIPHistory(loss=losses.double().cpu(),
-                         psnr=None if psnrs is None else psnrs.double().cpu())
+    history = DIPHistory(loss=losses[:done].double().cpu(),
+                         psnr=None if psnrs is None else psnrs[:done].double().cpu())
     return DIPResult(recon=recon, net=net, net_input=net_input, best_loss=float(best.loss),
                      best_iteration=best_iteration, history=history, seconds=seconds)
+
+
+def _plateaued(config: DIPConfig, losses: Tensor, done: int) -> bool:
+    """After the warm-up, every ``plateau_window`` iterations: did the lowest loss improve by
+    less than the fraction ``plateau_tol`` over the last window?"""
+    window = config.plateau_window
+    if window == 0 or done % window or done < config.lr_warmup + 2 * window:
+        return False
+    before = float(losses[:done - window].min())
+    now = float(losses[:done].min())
+    return now > (1.0 - config.plateau_tol) * before
 
 
 def _check_measurement(ray_trafo: nn.Module, y: Tensor) -> Tensor:

@@ -1,0 +1,70 @@
+"""DIP settings read from the measurement: noise level, TV weight by the balancing principle.
+
+The DIP loss ``‖A x − y‖² / m + γ TV(x)`` weighs a mean squared misfit, whose expected value
+at the truth is the noise variance ``σ²``, against the total variation. The rule used here
+is the balancing principle (Ito, Jin & Takeuchi 2011): choose ``γ`` so that the penalty
+equals half the expected misfit at the solution, ``γ · TV(x_γ) = ½ σ²``. ``x_γ`` is the
+pixel-space TV reconstruction (cheap: products with ``A`` only), found by the fixed-point
+iteration ``γ_{k+1} = ½ σ² / TV(x_{γ_k})`` from ``γ_0 = ½ σ² / TV(FBP)``, stopped after
+two updates: on the development slices (and KMNIST) two updates land within 0.8–1.0× of
+``½ σ² / TV(x_true)``, the value the hand-tuned presets had found, while iterating further
+can drift on images with large flat areas (TV reconstructions then flatten further).
+
+``σ²`` is the simulated noise variance when it is known, else estimated from the sinogram
+(:func:`estimate_noise_std`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .tv import tv_loss
+
+__all__ = ["estimate_noise_std", "tv_reconstruction", "balanced_tv_weight"]
+
+
+def estimate_noise_std(sinogram: Tensor) -> float:
+    """Robust white-noise std of a sinogram ``(1, 1, n_angles, n_det)``: the median absolute
+    deviation of its 4th-order differences along the detector (noise variance × 70), which a
+    smooth projection barely changes. Biased upwards where projections have sharp edges at
+    the detector scale (small images with thin strokes: up to 2× on 28² KMNIST)."""
+    if not isinstance(sinogram, Tensor) or sinogram.ndim != 4 or sinogram.shape[-1] < 5:
+        raise ValueError("sinogram must be a tensor (1, 1, n_angles, n_det) with n_det >= 5")
+    y = sinogram.detach().to(torch.float64).reshape(-1, sinogram.shape[-1])
+    d = y[:, :-4] - 4 * y[:, 1:-3] + 6 * y[:, 2:-2] - 4 * y[:, 3:-1] + y[:, 4:]
+    d = d.reshape(-1)
+    mad = (d - d.median()).abs().median()
+    return float(1.482602218505602 * mad / math.sqrt(70.0))
+
+
+def tv_reconstruction(ray_trafo, y: Tensor, gamma: float, x0: Tensor, *,
+                      iterations: int = 300) -> Tensor:
+    """``argmin_x ‖A x − y‖² / m + γ TV(x)`` over pixels by Adam (cosine-annealed step, start
+    ``x0 (1, 1, H, W)``, initial step 1 % of ``max|x0|``); returns ``(1, 1, H, W)``."""
+    x = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.01 * float(x0.abs().max().clamp_min(1e-12)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    for _ in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        loss = (ray_trafo.A(x) - y).pow(2).sum() / y.numel() + gamma * tv_loss(x).sum()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return x.detach()
+
+
+def balanced_tv_weight(ray_trafo, y: Tensor, noise_variance: float, x0: Tensor, *,
+                       updates: int = 2, iterations: int = 300) -> float:
+    """``γ`` with ``γ · TV(x_γ) ≈ ½ σ²`` by ``updates`` fixed-point steps (module docs)."""
+    if not noise_variance > 0:
+        raise ValueError(f"noise_variance must be > 0, got {noise_variance!r}")
+    tv = float(tv_loss(x0).sum())
+    if not tv > 0:
+        raise ValueError("x0 has zero total variation; cannot balance the TV weight")
+    gamma, x = 0.5 * noise_variance / tv, x0
+    for _ in range(updates):
+        x = tv_reconstruction(ray_trafo, y, gamma, x, iterations=iterations)
+        gamma = 0.5 * noise_variance / float(tv_loss(x).sum())
+    return gamma
