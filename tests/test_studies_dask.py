@@ -13,7 +13,8 @@ import torch
 
 from bayes_dip.cli import main
 from bayes_dip.studies import METHODS, MethodSpec, Prediction, register_method, run_study
-from bayes_dip.studies.parallel import StudyTasksFailed, jobqueue_spec, open_client
+from bayes_dip.studies.parallel import (StudyTasksFailed, jobqueue_spec, local_workers,
+                                        open_client)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -156,3 +157,14 @@ def test_jobqueue_files(tmp_path):
     # 8 single-threaded workers per job, the workers' environment from the prologue
     assert "--nthreads 1" in script and "--nworkers 8" in script
     assert "export BAYES_DIP_DATA=" in script and "#SBATCH -t 04:00:00" in script
+
+
+def test_default_workers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert local_workers(None, 10) == 4 and local_workers(None, 3) == 3
+    assert local_workers(8, 2) == 2 and local_workers(1, 5) == 1
+    # the default (one worker per CPU) on a single task is the serial path: no cluster
+    cfg = _config(["dip"], settings=[{"angles": 6, "noise": 0.05, "images": ["shepp_logan"],
+                                      "size": 16}])
+    assert len(run_study(cfg, tmp_path, progress=False, workers=None).computed) == 1
+    assert "Dask:" not in capsys.readouterr().err

@@ -32,7 +32,7 @@ from bayes_dip.studies.config import StudyConfig
 from bayes_dip.studies.methods import METHODS, MethodSpec
 from bayes_dip.studies.runner import ImageTask, StudyResults, run_image_task
 
-__all__ = ["StudyTasksFailed", "open_client", "jobqueue_spec", "jobqueue_cluster",
+__all__ = ["StudyTasksFailed", "local_workers", "open_client", "jobqueue_spec", "jobqueue_cluster",
            "run_distributed"]
 
 #: geometry quantities kept across the tasks of one worker process (``MethodContext.shared``)
@@ -52,10 +52,13 @@ class StudyTasksFailed(RuntimeError):
         super().__init__("\n".join(lines))
 
 
-def _cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def local_workers(workers: int | None, tasks: int) -> int:
+    """Workers of a local cluster for ``tasks`` tasks: ``workers`` (``None``: one per CPU
+    this process may use), never more than the tasks."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    return max(1, min(workers, tasks))
 
 
 def jobqueue_spec(path: str | os.PathLike) -> tuple[type, dict[str, Any], int]:
@@ -102,7 +105,7 @@ def open_client(workers: int | None, scheduler: str | None, tasks: int) -> Itera
 
     cluster = None
     if scheduler is None:
-        n = max(1, min(_cpus() if workers is None else workers, tasks))
+        n = local_workers(workers, tasks)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True)
         client = Client(cluster)
         where = f"local cluster of {n} worker process(es), 1 thread each"

@@ -83,7 +83,8 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
             so far (e.g. of a long study stopped part-way).
         workers: ``0`` runs the images one after another in this process; ``N > 0`` runs
             them on a Dask ``LocalCluster`` of ``N`` single-threaded worker processes;
-            ``None`` one worker per CPU (see :mod:`bayes_dip.studies.parallel`).
+            ``None`` one worker per CPU, or serial where that is one worker (one task or
+            one CPU; see :mod:`bayes_dip.studies.parallel`).
         scheduler: run on an existing Dask cluster instead: a scheduler address
             (``tcp://host:8786``), a scheduler file (``.json``) or a dask-jobqueue cluster
             file (``.yaml``; SLURM/PBS). ``out_dir`` must then be on a file system that the
@@ -116,6 +117,9 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
     computed: list[tuple[str, str, str]] = []
     failures: dict[str, str] = {}
     if tasks and not report_only:
+        if workers is None and scheduler is None:
+            from bayes_dip.studies.parallel import local_workers
+            workers = 0 if local_workers(None, len(tasks)) == 1 else None
         if workers == 0 and scheduler is None:
             shared: dict = {}
             bar = tqdm(tasks, desc=f"study {cfg.name}", disable=not progress, dynamic_ncols=True)
