@@ -52,7 +52,7 @@ RECONSTRUCT_DEFAULTS: dict = dict(
     image=None, kmnist=None, htc2022=None, data_root=None, size=None, angles=30, noise=0.05,
     iterations=None, gamma=None, lr=None, device="cpu", seed=0, out="outputs/reconstruct",
     quiet=False, uncertainty=True, method="lin-dip", evidence="auto", evidence_steps=None,
-    predcp_scale=1.0, samples=16, mcdo_samples=None,
+    predcp_scale=1.0, samples=16, mcdo_samples=None, mean="posterior", calibrate="heldout",
 )
 
 
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evidence optimisation steps (default: by mode)")
     unc.add_argument("--predcp-scale", type=float,
                      help="TV-PredCP hyperprior scale (TV-MAP; default 1); 0 for plain MLL")
+    unc.add_argument("--mean", choices=("posterior", "dip"),
+                     help="predictive mean of lin-dip: the linearised posterior mean (default) "
+                          "or the DIP output")
+    unc.add_argument("--calibrate", choices=("heldout", "none"),
+                     help="lin-dip: scale prior and noise so that the leave-one-angle-out "
+                          "predictive of the measurements is calibrated (default), or keep the "
+                          "evidence's hyperparameters")
     unc.add_argument("--samples", type=int, help="posterior samples to write (default 16)")
     unc.add_argument("--mcdo-samples", type=int,
                      help="dropout samples of the MC-dropout predictive (default 4096)")
@@ -166,6 +173,8 @@ _APPLICABILITY = (
     ("predcp_scale", lambda s: s["uncertainty"] and s["method"] == "lin-dip",
      "--method lin-dip"),
     ("mcdo_samples", lambda s: s["uncertainty"] and s["method"] == "mcdo", "--method mcdo"),
+    ("mean", lambda s: s["uncertainty"] and s["method"] == "lin-dip", "--method lin-dip"),
+    ("calibrate", lambda s: s["uncertainty"] and s["method"] == "lin-dip", "--method lin-dip"),
 )
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,24 +12,27 @@ import numpy as np
 import torch
 import yaml
 
-from bayes_dip.dip import DIPConfig, dip_preset, reconstruct_dip
+from bayes_dip.dip import DIPConfig, reconstruct_dip
+from bayes_dip.dip.settings import dip_config_from_data
 from bayes_dip.metrics import psnr, ssim
 from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
 from bayes_dip.baselines import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, dip_evidence_predictive,
                                  fit_mcdo, mcdo_predictive)
 from bayes_dip.linearized import LinearizedDIP, image_noise_variance
-from bayes_dip.metrics import coverage_curve
-from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels
+from bayes_dip.metrics import coverage_curve, log_likelihood_diagonal, std_error_correlation
+from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels, plot_z_scores
 
 __all__ = ["run_reconstruct", "default_dip_config", "METHODS"]
 
 
-def default_dip_config(image_size: int, **overrides) -> DIPConfig:
-    """Tested DIP presets by image size: ``"kmnist-fast"`` up to 64 px, else ``"ct128"``
-    (both about a minute on 2 CPU cores); ``overrides`` that are not ``None`` replace fields."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return dip_preset("kmnist-fast" if image_size <= 64 else "ct128", **given)
+def default_dip_config(problem: CTProblem, **overrides) -> tuple[DIPConfig, dict]:
+    """The DIP settings read from the problem (:func:`~bayes_dip.dip.dip_config_from_data`:
+    balancing-principle TV weight at the simulated noise level, or at the level estimated
+    from a measured sinogram, and a plateau budget); ``overrides`` that are not ``None``
+    replace fields. Returns the config and how it was derived."""
+    return dip_config_from_data(problem.ray_trafo, problem.sinogram, problem.fbp,
+                                problem.noise_std, **overrides)
 
 
 def _device(name: str) -> torch.device:
@@ -60,6 +64,7 @@ class Uncertainty:
     log_likelihood: Callable[[torch.Tensor], float]
     info: dict
     seconds: dict
+    heldout_z: torch.Tensor | None = None
 
 
 def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) -> dict:
@@ -82,8 +87,9 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
         if source is None:
             raise
         raise type(exc)(f"--{source}: {exc}") from exc
-    config = default_dip_config(problem.fbp.shape[-1], iterations=settings["iterations"],
-                                gamma=settings["gamma"], lr=settings["lr"], seed=settings["seed"])
+    config, derived = default_dip_config(problem, iterations=settings["iterations"],
+                                         gamma=settings["gamma"], lr=settings["lr"],
+                                         seed=settings["seed"])
     method = settings["method"] if settings["uncertainty"] else "dip"
     if method == "mcdo":
         config = replace(config, gamma=0.0)  # the MC-dropout baseline is trained without TV
@@ -102,11 +108,14 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
     if settings["uncertainty"]:
         resume = {} if checkpoints is None or method != "lin-dip" else dict(
             checkpoint_path=checkpoints / "evidence.pt")
-        uncertainty = _UNCERTAINTY[method](settings, problem, dip, config.gamma, progress,
-                                           **resume)
+        uncertainty = _UNCERTAINTY[method](settings, problem, dip, config.gamma,
+                                           derived["noise_std"] ** 2, progress, **resume)
     recon = (dip.recon if uncertainty is None else uncertainty.mean).detach().float().cpu()
-    metrics = dict(problem=problem.info, dip=config.to_dict(),
+    metrics = dict(problem=problem.info, dip=dict(config.to_dict(), **derived,
+                                                  iterations_run=len(dip.history.loss),
+                                                  best_iteration=dip.best_iteration),
                    fbp=_quality(problem.fbp, problem), dip_quality=_quality(recon, problem),
+                   dip_network_quality=_quality(dip.recon.detach().float().cpu(), problem),
                    seconds=dict(dip=dip.seconds))
     if uncertainty is not None:
         metrics["uncertainty"] = _uncertainty_metrics(uncertainty, problem)
@@ -127,6 +136,9 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
                 plot_error_vs_std({uncertainty.method: (recon, std)}, gt,
                                   units=problem.info.get("image_unit", "a.u."),
                                   save_path=out / "error_vs_std")
+            if uncertainty.heldout_z is not None:
+                plot_z_scores({"leave-one-angle-out": uncertainty.heldout_z.cpu()},
+                              quantity="held-out measurement", save_path=out / "heldout")
         label = "DIP" if uncertainty is None else uncertainty.method
         _figure(problem, label, recon, std, out / "reconstruction.png")
         metrics["seconds"]["total"] = time.perf_counter() - start
@@ -139,6 +151,9 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
 def _check_uncertainty_settings(settings: dict) -> None:
     if settings["method"] not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {settings['method']!r}")
+    for key, allowed in (("mean", ("posterior", "dip")), ("calibrate", ("heldout", "none"))):
+        if settings[key] not in allowed:
+            raise ValueError(f"--{key} must be one of {allowed}, got {settings[key]!r}")
     for key in ("samples", "evidence_steps", "mcdo_samples"):
         value = settings[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -148,12 +163,15 @@ def _check_uncertainty_settings(settings: dict) -> None:
         raise ValueError(f"--predcp-scale must be a number >= 0, got {scale!r}")
 
 
-def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
+def _linearized(settings: dict, problem: CTProblem, dip, gamma: float, noise_variance: float,
                 progress: bool, checkpoint_path: Path | None = None) -> Uncertainty:
-    """Evidence-optimised linearised DIP around the trained network (TV-MAP unless scale 0)."""
+    """Linearised DIP: evidence-optimised hyperparameters (TV-MAP unless scale 0) from the
+    noise level of the DIP rule, recalibrated on held-out projections (``calibrate``),
+    the posterior mean (``mean``), the std map and the ground-truth-free held-out checks."""
     scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
-    lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, y, recon=dip.recon, gamma=gamma)
+    lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, y, recon=dip.recon, gamma=gamma,
+                        noise_variance=noise_variance)
     mode = lin.resolve_mode(settings["evidence"])
     steps = settings["evidence_steps"]
     if steps is None and mode == "stochastic":
@@ -161,18 +179,27 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float,
     evidence = lin.optimize_hyperparameters(mode, scale or None, steps=steps, progress=progress,
                                             seed=settings["seed"],
                                             checkpoint_path=checkpoint_path)
-    # Matheron samples (large images) need no tighter CG than their Monte-Carlo error
-    sample_kwargs = {} if mode == "exact" else {"cg_tol": SAMPLE_CG_TOL}
+    info = dict(mode=mode, prior="TV-MAP" if scale else "MLL",
+                convergence=evidence.convergence, mean=settings["mean"])
+    heldout_z = None
+    if mode != "stochastic":  # held-out checks need K_yy's structure
+        if settings["calibrate"] == "heldout":
+            info["recalibration_scale"] = lin.recalibrate("angle")
+        checks = {kind: lin.heldout(kind) for kind in ("angle", "measurement")}
+        heldout_z = checks["angle"].z
+        info["heldout"] = checks["angle"].to_dict()
+        info["loo"] = checks["measurement"].to_dict()
+    kwargs = {"cg_tol": SAMPLE_CG_TOL} if mode == "stochastic" else {}
     result = lin.estimate_uncertainty(num_samples=settings["samples"], seed=settings["seed"],
-                                      **sample_kwargs)
-    info = dict(mode=result.mode, prior="TV-MAP" if scale else "MLL",
-                noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
-                hyperparameters=result.hyperparameters, convergence=evidence.convergence)
+                                      mean=settings["mean"], **kwargs)
+    info.update(noise_variance=result.noise_variance, image_noise_variance=result.image_noise,
+                hyperparameters=result.hyperparameters)
     return Uncertainty("linearised DIP", result.mean, result.std, result.samples,
-                       result.log_likelihood, info, result.seconds)
+                       result.log_likelihood, info, result.seconds, heldout_z)
 
 
-def _mcdo(settings: dict, problem: CTProblem, dip, gamma: float, progress: bool) -> Uncertainty:
+def _mcdo(settings: dict, problem: CTProblem, dip, gamma: float, noise_variance: float,
+          progress: bool) -> Uncertainty:
     """MC-dropout: Gaussian fitted to dropout samples of the network trained with dropout."""
     full = dip.recon[0, 0].numel() <= 4096
     pred = mcdo_predictive(dip.net, dip.net_input, seed=settings["seed"], full_covariance=full,
@@ -189,7 +216,7 @@ def _mcdo(settings: dict, problem: CTProblem, dip, gamma: float, progress: bool)
 
 
 def _homoscedastic(settings: dict, problem: CTProblem, dip, gamma: float,
-                   progress: bool) -> Uncertainty:
+                   noise_variance: float, progress: bool) -> Uncertainty:
     """DIP (evidence σ²): ``N(x̂, σ_y² c_A I)`` with σ_y² maximising the linear-noise evidence."""
     t0 = time.perf_counter()
     pred = dip_evidence_predictive(dip.recon.detach().cpu().double(), problem.ray_trafo,
@@ -219,8 +246,13 @@ def _uncertainty_metrics(result: Uncertainty, problem: CTProblem) -> dict:
     gt = problem.ground_truth
     if gt is not None:
         gt64 = gt.to(torch.float64)
+        mean, std = result.mean.cpu().double(), result.std.cpu().double()
         out["test_log_likelihood_per_pixel"] = result.log_likelihood(gt64)
-        curve = coverage_curve(result.mean.cpu(), result.std.cpu(), gt64, levels=(0.68, 0.95))
+        out["pixel_log_likelihood"] = log_likelihood_diagonal(mean, std, gt64)
+        rmse = float((mean - gt64).square().mean().sqrt())
+        out["oracle_log_likelihood_per_pixel"] = -0.5 * math.log(2 * math.pi * rmse ** 2) - 0.5
+        out["spearman_std_error"] = std_error_correlation(mean, std, gt64).spearman
+        curve = coverage_curve(mean, std, gt64, levels=(0.68, 0.95))
         out["coverage"] = {f"{lvl:.2f}": float(c) for lvl, c in zip(curve.levels, curve.coverage)}
     return out
 
@@ -234,7 +266,8 @@ def _figure(problem: CTProblem, label: str, recon: torch.Tensor, std: torch.Tens
 
 def _print_summary(problem: CTProblem, metrics: dict, out: Path) -> None:
     lines = [f"bayes-dip reconstruct: {problem.name}, {problem.info['angles']} angles"]
-    for label, key in (("FBP", "fbp"), ("DIP", "dip_quality")):
+    labels = (("FBP", "fbp"), ("DIP", "dip_network_quality"), ("mean", "dip_quality"))
+    for label, key in labels if "uncertainty" in metrics else labels[:2]:
         q = metrics[key]
         if q:
             lines.append(f"  {label:<4} PSNR {q['psnr']:6.2f} dB  SSIM {q['ssim']:.3f}")
@@ -242,8 +275,14 @@ def _print_summary(problem: CTProblem, metrics: dict, out: Path) -> None:
     if unc:
         line = f"  uncertainty ({unc['method']}): mean std {unc['mean_std']:.4f}"
         if "coverage" in unc:
-            line += (f", test log-lik {unc['test_log_likelihood_per_pixel']:.3f}/pixel, "
-                     f"coverage 68% {unc['coverage']['0.68']:.2f} 95% {unc['coverage']['0.95']:.2f}")
+            line += (f", pixel log-lik {unc['pixel_log_likelihood']:.3f} (oracle "
+                     f"{unc['oracle_log_likelihood_per_pixel']:.3f}), coverage 68% "
+                     f"{unc['coverage']['0.68']:.2f} 95% {unc['coverage']['0.95']:.2f}")
         lines.append(line)
+        held = unc.get("heldout")
+        if held:
+            lines.append(f"  held-out projections (no ground truth needed): coverage 68% "
+                         f"{held['coverage']['0.68']:.2f} 95% {held['coverage']['0.95']:.2f}, "
+                         f"z² {held['chi2']:.2f} (1 when calibrated)")
     lines.append(f"  time {metrics['seconds']['total']:.1f} s; outputs in {out}")
     print("\n".join(lines))

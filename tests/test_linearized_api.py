@@ -71,6 +71,26 @@ def test_stochastic_mode_and_one_call(problem, tmp_path):
     assert LinearizedDIP(net, x, rt, y, exact_memory=10).resolve_mode("auto") == "lowrank"
 
 
+@pytest.mark.parametrize("mode", ["exact", "lowrank"])
+def test_heldout_check_and_recalibration(problem, mode):
+    """The held-out check runs in both modes; recalibration scales prior and noise so that
+    chi2 becomes 1 and the std map scales by √c (the posterior mean is unchanged)."""
+    net, x, rt, y, _ = problem
+    lin = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=40)
+    lin.optimize_hyperparameters(mode, steps=30, progress=False)
+    check = lin.heldout("angle")
+    assert check.z.numel() == lin.model.num_obs and 0 < check.chi2
+    before = lin.estimate_uncertainty(num_samples=4, variance_samples=64)
+    c = lin.recalibrate("angle")
+    assert c == pytest.approx(check.chi2)
+    assert lin.heldout("angle").chi2 == pytest.approx(1.0, rel=1e-8)
+    assert lin.heldout("measurement").chi2 > 0
+    after = lin.estimate_uncertainty(num_samples=4, variance_samples=64)
+    torch.testing.assert_close(after.mean, before.mean)
+    if mode == "exact":  # image noise η² ∝ σ_y² scales too: the whole covariance scales by c
+        torch.testing.assert_close(after.std, before.std * c ** 0.5)
+
+
 def test_lowrank_mode_tv_map(problem):
     net, x, rt, y, truth = problem
     lin = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=30)

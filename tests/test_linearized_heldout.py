@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from bayes_dip.linearized.heldout import (ObservationSpectrum, heldout_groups, heldout_predictive,
-                                          select_prior_scale)
+from bayes_dip.linearized.heldout import ObservationSpectrum, heldout_groups, heldout_predictive
 
 
 def _problem(n=12, seed=0):
@@ -64,26 +63,30 @@ def test_heldout_matches_refit_lowrank_spectrum():
     torch.testing.assert_close(result.z, z, rtol=1e-9, atol=1e-10)
 
 
-def test_calibrated_model_gives_standard_normal_z_and_scale_near_one():
-    """Residuals drawn from the model itself: z ~ N(0, 1), coverage ≈ nominal, ŝ ≈ true scale."""
+def test_calibrated_model_gives_standard_normal_z_and_chi2_recalibrates():
+    """Residuals drawn from the model itself: z ~ N(0, 1) and coverage ≈ nominal. A model
+    whose K is 4× too small has chi2 ≈ 4, and scaling its K by chi2 gives chi2 = 1 exactly."""
     n_angles, n_det = 40, 10
     n = n_angles * n_det
     gen = torch.Generator().manual_seed(3)
     f = torch.randn(n, 30, generator=gen, dtype=torch.float64)
-    acat = f @ f.mT
-    evals, evecs = torch.linalg.eigh(acat)
-    spec = ObservationSpectrum(evecs, evals.clamp_min(0), 0.0, 1.0)
-    true_scale = 0.25
-    k = true_scale * acat + torch.eye(n, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(f @ f.mT)
+    evals = evals.clamp_min(0)
+    k = evecs @ torch.diag(0.25 * evals + 1.0) @ evecs.mT
     residual = torch.linalg.cholesky(k) @ torch.randn(n, generator=gen, dtype=torch.float64)
-    groups = heldout_groups((n_angles, n_det), "measurement")
-    result = heldout_predictive(spec, residual, groups, scale=true_scale)
-    assert abs(float(result.z.std()) - 1) < 0.1
-    assert abs(result.coverage["0.95"] - 0.95) < 0.04
-    scale = select_prior_scale(spec, residual, groups)
-    assert 0.1 < scale < 0.6
-    too_small = heldout_predictive(spec, residual, groups, scale=1e-3)
-    assert too_small.chi2 > result.chi2
+    groups = heldout_groups((n_angles, n_det), "angle")
+    right = heldout_predictive(ObservationSpectrum(evecs, 0.25 * evals, 0.0, 1.0), residual,
+                               groups)
+    assert abs(float(right.z.std()) - 1) < 0.1 and abs(right.chi2 - 1) < 0.15
+    assert abs(right.coverage["0.95"] - 0.95) < 0.04
+    small = heldout_predictive(ObservationSpectrum(evecs, 0.0625 * evals, 0.0, 0.25), residual,
+                               groups)
+    assert 3.4 < small.chi2 < 4.6
+    c = small.chi2
+    fixed = heldout_predictive(ObservationSpectrum(evecs, 0.0625 * c * evals, 0.0, 0.25 * c),
+                               residual, groups)
+    assert fixed.chi2 == pytest.approx(1.0, rel=1e-10)
+    torch.testing.assert_close(fixed.z, small.z / c ** 0.5)
 
 
 def test_bad_arguments():
@@ -94,5 +97,3 @@ def test_bad_arguments():
         heldout_groups((4, 3), "row")
     with pytest.raises(ValueError, match="residual"):
         heldout_predictive(spec, residual[:5], heldout_groups((4, 3), "angle"))
-    with pytest.raises(ValueError, match="bounds"):
-        select_prior_scale(spec, residual, heldout_groups((4, 3), "angle"), bounds=(2, 3))

@@ -8,7 +8,7 @@
 * :mod:`.evidence` — type-II ML (exact / low-rank / stochastic), checkpoint and resume.
 * :mod:`.predcp` — TV-PredCP hyperprior (exact / fixed-sample / sampled).
 * :mod:`.predictive` — posterior mean, exact full-covariance predictive, Matheron samples.
-* :mod:`.heldout` — held-out predictive of the measurements (calibration check, prior scale).
+* :mod:`.heldout` — held-out predictive of the measurements (calibration check, recalibration).
 * :mod:`.api` — :class:`LinearizedDIP`, :func:`estimate_uncertainty`.
 """
 from .api import LinearizedDIP, UncertaintyResult, estimate_uncertainty
@@ -18,8 +18,7 @@ from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, opt
 from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint, gprior_scale
 from .model import LinearizedModel
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
-from .heldout import (HeldOutPredictive, ObservationSpectrum, heldout_groups,
-                      heldout_predictive, select_prior_scale)
+from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
                          image_noise_variance, sample_predictive, subspace_predictive)
 from .subspace import SubspaceCovariance
@@ -39,5 +38,4 @@ __all__ = [
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
     "conditional_mean", "subspace_predictive", "image_noise_variance",
     "ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive",
-    "select_prior_scale",
 ]

@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
-from .heldout import (HeldOutPredictive, ObservationSpectrum, heldout_groups,
-                      heldout_predictive, select_prior_scale)
+from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
@@ -254,13 +253,15 @@ class LinearizedDIP:
         return heldout_predictive(self.observation_spectrum(mode), self.model.residual,
                                   groups.to(self.jac.device), kind)
 
-    def calibrate_prior_scale(self, kind: str = "angle", mode: str | None = None) -> float:
-        """Multiply every prior variance ``σ_d²`` by the scale ``s`` that maximises the
-        held-out log predictive of the measurements (``σ_y²`` unchanged); returns ``s``."""
-        groups = heldout_groups(self.model.ray_trafo.obs_shape, kind).to(self.jac.device)
-        scale = select_prior_scale(self.observation_spectrum(mode), self.model.residual, groups)
+    def recalibrate(self, kind: str = "angle", mode: str | None = None) -> float:
+        """Scale the whole model — every ``σ_d²`` and ``σ_y²`` — by ``c`` = the held-out
+        ``chi2`` (:func:`heldout_predictive`), after which the held-out predictive of the
+        measurements is calibrated; the posterior covariance scales by ``c`` and its mean is
+        unchanged. Returns ``c``."""
+        scale = self.heldout(kind, mode).chi2
         with torch.no_grad():
             self.model.prior.log_variance.add_(math.log(scale))
+            self.model.log_noise_variance.add_(math.log(scale))
         return scale
 
     # -- predictive -------------------------------------------------------------------------

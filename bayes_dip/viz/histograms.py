@@ -70,11 +70,13 @@ def plot_z_scores(
     n_bins: int = 60,
     z_range: tuple[float, float] = (-5.0, 5.0),
     n_quantiles: int = 99,
+    quantity: str = "ground truth",
     save_path: str | Path | None = None,
 ) -> Figure:
     """z-score density per method against ``N(0, 1)``, and their normal QQ plot.
 
-    ``z_scores`` maps names to ``(gt − mean) / std`` (see ``bayes_dip.metrics.z_scores``).
+    ``z_scores`` maps names to ``(gt − mean) / std`` (see ``bayes_dip.metrics.z_scores``), or
+    to the z-scores of another ``quantity`` (e.g. held-out measurements).
     A QQ line steeper than the diagonal means over-confidence.
     """
     check_named(z_scores, "z_scores")
@@ -91,7 +93,7 @@ def plot_z_scores(
                        label=f"{method} ({100 * hist.outside:.1f} % outside)")
         qq = qq_data(z, n_quantiles=n_quantiles)
         ax_qq.plot(qq.theoretical, qq.empirical, marker=".", linestyle="none", label=method)
-    ax_hist.set(xlabel="z = (ground truth − mean) / std", ylabel="density", title="z-scores")
+    ax_hist.set(xlabel=f"z = ({quantity} − mean) / std", ylabel="density", title="z-scores")
     ax_qq.set(xlabel="standard normal quantile", ylabel="empirical z quantile",
               title="normal QQ plot")
     for ax in (ax_hist, ax_qq):
