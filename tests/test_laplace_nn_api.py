@@ -168,8 +168,6 @@ def test_bad_inputs_raise_clear_errors():
     la = Laplace(model, "classification", structure="kfac").fit((x, y))
     with pytest.raises(ValueError, match="constant per parameter tensor"):
         la.prior_precision = torch.ones(la.n_params)
-    with pytest.raises(ValueError, match="linearized"):
-        la.log_marginal_likelihood(at="linearized")
     with pytest.raises(ValueError, match="at must be"):
         la.log_marginal_likelihood(at="mode")
     with pytest.raises(ValueError, match="sigma_noise"):

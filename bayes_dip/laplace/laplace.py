@@ -27,6 +27,7 @@ from .batches import Batches
 from .evidence import linearized_sse, linearized_step, log_marginal_likelihood, mackay_prior_precision
 from .functional import ModelFunction
 from .likelihoods import BernoulliLikelihood, Likelihood, make_likelihood
+from .linearized_mode import find_linearized_mode
 from .posterior import MatrixFree, Structure, make_structure
 from .predictive import LINKS, classification_probabilities, glm_moments, sampled_outputs
 from .priors import check_prior_mean, check_prior_precision, expand_prior_precision, prior_precision_kind
@@ -183,6 +184,8 @@ class Laplace:
         self.prior_mean = check_prior_mean(self._prior_mean_init, self.subset.n_params, self._dtype, self._device)
         self._statistics(batches, progress)
         self.structure.fit(self._fn, self.curvature, batches, self.theta_hat, progress=progress)
+        self._batches: Batches | None = batches
+        self._mode_cache: tuple[Tensor, Tensor, Tensor] | None = None
         self._fitted = True
         return self
 
@@ -259,16 +262,36 @@ class Laplace:
     def _check_point(self, at: str) -> None:
         if at not in _POINTS:
             raise ValueError(f"at must be one of {_POINTS}, got {at!r}")
-        if at == "linearized" and not (self.likelihood.has_noise and self.curvature.kind == "ggn"):
-            raise ValueError("at='linearized' needs a Gaussian likelihood (regression or linear operator) "
-                             "and curvature='ggn': only there is the linearised model conjugate")
+        if at == "linearized" and self.likelihood.has_noise and self.curvature.kind != "ggn":
+            raise ValueError("at='linearized' with a Gaussian likelihood needs curvature='ggn': only there "
+                             "is the linearised model's log-likelihood the GGN quadratic")
+        if at == "linearized" and not self.likelihood.has_noise and self._batches is None:
+            raise ValueError("at='linearized' needs the training data: pass data= to load_state_dict")
+
+    def _mode_step(self, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """``Δ* = θ* − θ̂`` and ``log p(D | θ*)`` of the linearised model for a non-Gaussian likelihood,
+        warm-started from the last ``δ`` (cached while ``δ`` is unchanged)."""
+        d = delta.detach()
+        if self._mode_cache is not None and torch.equal(self._mode_cache[0], d):
+            return self._mode_cache[1], self._mode_cache[2]
+        init = None if self._mode_cache is None else self._mode_cache[1]
+        step, log_lik = find_linearized_mode(self._fn, self.likelihood, self._batches, self.theta_hat,
+                                             self.prior_mean, self.structure, self._scale(), d, init=init)
+        self._mode_cache = (d.clone(), step, log_lik)
+        return step, log_lik
 
     def linearized_mode(self, prior_precision: Tensor | float | None = None,
                         sigma_noise: Tensor | float | None = None) -> Tensor:
-        """Mode ``θ* (P,)`` of the linearised model's posterior (Gaussian likelihoods)."""
+        """Mode ``θ* (P,)`` of the linearised model's posterior under the prior ``prior_precision``.
+
+        Gaussian likelihoods: closed form (one solve with ``K``). Others: preconditioned
+        Newton-type ascent over the training data (:mod:`.linearized_mode`).
+        """
         self._require_fit()
         self._check_point("linearized")
         prec, sigma = self._hyper(prior_precision, sigma_noise)
+        if not self.likelihood.has_noise:
+            return self.theta_hat + self._mode_step(self._delta(prec))[0]
         step = linearized_step(self.structure, self._grad0, self.theta_hat - self.prior_mean,
                                self._scale(sigma), self._delta(prec))
         return self.theta_hat + step
@@ -281,7 +304,10 @@ class Laplace:
             prior_precision: ``δ`` to evaluate at (shape ``()``, ``(G,)`` or ``(P,)``); default current.
             sigma_noise: ``σ`` (shape ``()``) for Gaussian likelihoods; default current.
             at: ``"map"``: at ``θ̂``; ``"linearized"``: at the mode ``θ*`` of the linearised
-                model (exact evidence of the linearised model; Gaussian likelihoods only).
+                model (Antorán et al. 2022, recommendation 1). Gaussian likelihoods: closed form,
+                the exact evidence of the linearised model; others: ``θ*`` by Newton steps over the
+                training data (warm-started from the last ``δ``) and ``log p(D | θ*)`` of the
+                linearised model, with the curvature kept at ``θ̂``.
         Returns:
             float64 scalar.
         """
@@ -291,6 +317,9 @@ class Laplace:
         delta, scale = self._delta(prec), self._scale(sigma)
         dev = self.theta_hat - self.prior_mean
         stats = self._stats
+        if at == "linearized" and not self.likelihood.has_noise:
+            step, log_lik = self._mode_step(delta)
+            return log_marginal_likelihood(log_lik, dev + step, delta, self.structure.logdet(scale, delta))
         if at == "linearized":
             step = linearized_step(self.structure, self._grad0, dev, scale, delta)
             stats = dict(stats, sse=linearized_sse(self.structure, stats["sse"], self._grad0, step))
@@ -359,7 +388,9 @@ class Laplace:
             delta, scale = self._delta(), self._scale()
             dev = self.theta_hat - self.prior_mean
             sse = self._stats.get("sse")
-            if at == "linearized":
+            if at == "linearized" and not self.likelihood.has_noise:
+                dev = dev + self._mode_step(delta)[0]
+            elif at == "linearized":
                 step = linearized_step(self.structure, self._grad0, dev, scale, delta)
                 sse = linearized_sse(self.structure, sse, self._grad0, step)
                 dev = dev + step
@@ -504,11 +535,13 @@ class Laplace:
         self._stats = {k: v.to(self._device) for k, v in state["statistics"].items()}
         self._grad0 = None if state["grad0"] is None else state["grad0"].to(self._device, self._dtype)
         self.n_data = int(state["n_data"])
+        self._batches = None if data is None else Batches(data, batch_size, self._device)
+        self._mode_cache = None
         self.structure.load_state_dict({k: v for k, v in state["structure"].items() if k != "name"})
         if isinstance(self.structure, MatrixFree):
-            if data is None:
+            if self._batches is None:
                 raise ValueError("structure='matrix_free' needs the training data to load: pass data=")
-            self.structure.bind(self._fn, self.curvature, Batches(data, batch_size, self._device), self.theta_hat)
+            self.structure.bind(self._fn, self.curvature, self._batches, self.theta_hat)
         self._fitted = True
         self._prior_precision = self._check_prec(state["prior_precision"]).detach().clone()
         return self
