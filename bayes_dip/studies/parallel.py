@@ -119,7 +119,10 @@ def open_client(workers: int | None, scheduler: str | None, tasks: int) -> Itera
         client = Client(scheduler_file=scheduler)
         where = f"cluster of scheduler file {scheduler}"
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"scheduler: no Dask scheduler reachable at {scheduler!r} ({exc})") from exc
         where = f"cluster at {scheduler}"
     try:
         services = client.scheduler_info().get("services", {})
