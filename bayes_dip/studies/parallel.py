@@ -143,6 +143,8 @@ def _run_task(task: ImageTask, cfg: StudyConfig, out: str, specs: dict[str, Meth
 
 
 def _format_failure(future) -> str:
+    if future.status != "error":  # cancelled: its workers or the scheduler were lost
+        return f"task {future.status} by the cluster\n"
     exc = future.exception()
     return "".join(traceback.format_exception(type(exc), exc, future.traceback()))
 
