@@ -3,6 +3,7 @@ the serial results bit for bit; failed tasks are retried once and reported; CLI 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import torch
 
 from bayes_dip.cli import main
 from bayes_dip.studies import METHODS, MethodSpec, Prediction, register_method, run_study
-from bayes_dip.studies.parallel import (StudyTasksFailed, jobqueue_spec, local_workers,
-                                        open_client)
+from bayes_dip.studies.parallel import (ONE_THREAD_ENV, StudyTasksFailed, jobqueue_spec,
+                                        local_workers, open_client)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -33,9 +34,15 @@ def _config(methods, **overrides):
 
 @pytest.fixture(scope="module")
 def cluster_address():
-    """One local cluster for the module, opened as ``workers=2`` opens it."""
-    with open_client(workers=2, scheduler=None, tasks=2) as client:
-        yield client.scheduler.address
+    """One local cluster for the module, opened as ``workers=2`` opens it (from a process
+    whose BLAS/OpenMP variables ask for 2 threads, as after ``bayes-dip --threads 2``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "2")
+        patch.setenv("OPENBLAS_NUM_THREADS", "2")
+        with open_client(workers=2, scheduler=None, tasks=2) as client:
+            envs = client.run(lambda: {k: os.environ.get(k) for k in ONE_THREAD_ENV})
+            assert len(envs) == 2 and all(env == ONE_THREAD_ENV for env in envs.values())
+            yield client.scheduler.address
 
 
 def _saved(out: Path) -> dict[str, tuple[dict, dict]]:

@@ -32,11 +32,14 @@ from bayes_dip.studies.config import StudyConfig
 from bayes_dip.studies.methods import METHODS, MethodSpec
 from bayes_dip.studies.runner import ImageTask, StudyResults, run_image_task
 
-__all__ = ["StudyTasksFailed", "local_workers", "open_client", "jobqueue_spec", "jobqueue_cluster",
-           "run_distributed"]
+__all__ = ["ONE_THREAD_ENV", "StudyTasksFailed", "local_workers", "open_client", "jobqueue_spec",
+           "jobqueue_cluster", "run_distributed"]
 
 #: geometry quantities kept across the tasks of one worker process (``MethodContext.shared``)
 _WORKER_SHARED: dict = {}
+#: environment of local workers: single-threaded OpenMP/BLAS pools, whatever this process has
+ONE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "OPENBLAS_NUM_THREADS")}
 
 
 class StudyTasksFailed(RuntimeError):
@@ -106,7 +109,8 @@ def open_client(workers: int | None, scheduler: str | None, tasks: int) -> Itera
     cluster = None
     if scheduler is None:
         n = local_workers(workers, tasks)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               env=ONE_THREAD_ENV)
         client = Client(cluster)
         where = f"local cluster of {n} worker process(es), 1 thread each"
     elif scheduler.endswith((".yaml", ".yml")):
