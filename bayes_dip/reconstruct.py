@@ -189,7 +189,8 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float, noise_var
         heldout_z = checks["angle"].z
         info["heldout"] = checks["angle"].to_dict()
         info["loo"] = checks["measurement"].to_dict()
-    kwargs = {"cg_tol": SAMPLE_CG_TOL} if mode == "stochastic" else {}
+    kwargs = {"cg_tol": SAMPLE_CG_TOL} if mode == "stochastic" else \
+        {"progress": progress} if mode == "lowrank" else {}
     result = lin.estimate_uncertainty(num_samples=settings["samples"], seed=settings["seed"],
                                       mean=settings["mean"], **kwargs)
     info.update(noise_variance=result.noise_variance, image_noise_variance=result.image_noise,

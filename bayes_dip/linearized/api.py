@@ -126,7 +126,7 @@ class LinearizedDIP:
         self.mode: str | None = None
         self._structured: StructuredCovariance | None = None
         self.seconds: dict[str, float] = {}
-        self.mean_cg = None
+        self.mean_cg = None  # CGInfo of the posterior-mean solve (stochastic mode)
 
     def reset_hyperparameters(self, variance: float = 1.0, lengthscale: float = 0.1,
                               noise_variance: float = 1.0) -> None:
@@ -233,7 +233,7 @@ class LinearizedDIP:
         self.seconds["evidence"] = self.evidence.seconds
         return self.evidence
 
-    # -- held-out check and prior scale ------------------------------------------------------
+    # -- held-out check and recalibration ----------------------------------------------------
     def observation_spectrum(self, mode: str | None = None) -> ObservationSpectrum:
         """``K_yy`` at the current hyperparameters as an :class:`ObservationSpectrum` (exact
         mode: full eigendecomposition; low-rank: the subspace plus its remainder)."""

@@ -196,7 +196,7 @@ class SampledPredictive:
 
 def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, num_samples: int,
                         *, mean: str | Tensor = "posterior", image_noise: float | str = "auto",
-                        batch_size: int = 16, generator: torch.Generator | None = None,
+                        batch_size: int = 8, generator: torch.Generator | None = None,
                         progress: bool = False) -> SampledPredictive:
     """Posterior given the projected data ``Uᵀ y`` (``U`` the basis of ``spectrum``, e.g. the
     low-rank subspace): exact Gaussian conditioning on ``r`` linear functionals of ``y``, so
