@@ -177,9 +177,9 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float, noise_var
     if steps is None and mode == "stochastic":
         steps = DEFAULT_STOCHASTIC_STEPS
     evidence = lin.optimize_hyperparameters(mode, scale or None, steps=steps, progress=progress,
-                                            seed=settings["seed"],
+                                            seed=settings["seed"], stop_when_converged=True,
                                             checkpoint_path=checkpoint_path)
-    info = dict(mode=mode, prior="TV-MAP" if scale else "MLL",
+    info = dict(mode=mode, prior="TV-MAP" if scale else "MLL", evidence_steps=evidence.steps,
                 convergence=evidence.convergence, mean=settings["mean"])
     heldout_z = None
     if mode != "stochastic":  # held-out checks need K_yy's structure

@@ -134,6 +134,23 @@ def test_resume_reproduces_uninterrupted_run(parts, tmp_path, mode):
                               checkpoint_path=path)
 
 
+def test_stop_when_converged(parts, tmp_path):
+    """The run ends at the first 50-step mark (from 300) where it has converged, with the
+    same history as a run without the stop up to there; resuming it trains no further."""
+    *_, sc, _, _ = parts
+    cfg = dict(mode="exact", steps=3000, progress=False)
+    full = optimize_evidence(_model(parts), EvidenceConfig(**cfg), structured=sc)
+    path = tmp_path / "evidence.pt"
+    early = optimize_evidence(_model(parts), EvidenceConfig(**cfg, stop_when_converged=True),
+                              structured=sc, checkpoint_path=path)
+    n = early.steps
+    assert 300 <= n < 3000 and n % 50 == 0 and early.convergence["converged"]
+    assert early.history["objective"] == full.history["objective"][:n]
+    again = optimize_evidence(_model(parts), EvidenceConfig(**cfg, stop_when_converged=True),
+                              structured=sc, checkpoint_path=path)
+    assert again.steps == n and again.noise_variance == early.noise_variance
+
+
 def test_stochastic_run_reports_cg(parts):
     model = _model(parts)
     result = optimize_evidence(model, EvidenceConfig(mode="stochastic", steps=3, num_probes=3,

@@ -74,6 +74,8 @@ class EvidenceConfig:
         precond_every: steps between preconditioner rebuilds (stochastic).
         seed: seeds the probes, the preconditioner sketches and the PredCP samples.
         checkpoint_every: steps between checkpoints (with a ``checkpoint_path``).
+        stop_when_converged: end before ``steps`` once the run has converged (checked every
+            50 steps from step 300; see :attr:`EvidenceResult.convergence`).
         progress: show a tqdm progress bar.
     """
 
@@ -89,6 +91,7 @@ class EvidenceConfig:
     seed: int = 0
     checkpoint_every: int = 100
     progress: bool = True
+    stop_when_converged: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -268,6 +271,8 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                                objective_terms)
 
     t0 = time.perf_counter()
+    if start and _converged_stop(config, history, model):
+        start = config.steps  # resumed from its convergence stop: finished
     bar = tqdm(range(start, config.steps), desc=f"evidence ({config.mode})",
                disable=not config.progress, initial=start, total=config.steps)
     try:
@@ -297,12 +302,15 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                     bar.set_postfix(_postfix(history, model, stochastic is not None),
                                     refresh=False)
                 done = step + 1
+                finished = done == config.steps or _converged_stop(config, history, model)
                 if path is not None and (done % config.checkpoint_every == 0
-                                         or done == config.steps or stop.requested):
+                                         or finished or stop.requested):
                     _save(path, done, model, optimizer, history, generator, stochastic, config,
                           elapsed + time.perf_counter() - t0, objective_terms)
                 if stop.requested:
                     raise KeyboardInterrupt
+                if finished:
+                    break
     finally:
         bar.close()
     seconds = elapsed + time.perf_counter() - t0
@@ -316,7 +324,7 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                       "(bayes-dip reconstruct: --evidence-steps)",
                       RuntimeWarning, stacklevel=2)
     return EvidenceResult(model.prior.hyperparameters(), float(model.noise_variance.detach()),
-                          config.steps, seconds, history, convergence)
+                          len(history["objective"]), seconds, history, convergence)
 
 
 def _grad_norm(params: list[Tensor]) -> float:
@@ -337,6 +345,15 @@ def _postfix(history: dict[str, list[float]], model: LinearizedModel,
         post.update(cg_it=int(history["cg_iterations"][-1]),
                     cg_res=f"{history['cg_residual'][-1]:.1e}")
     return post
+
+
+def _converged_stop(config: EvidenceConfig, history: dict[str, list[float]],
+                    model: LinearizedModel) -> bool:
+    """With ``config.stop_when_converged``: converged (:func:`_convergence`) at a multiple of
+    50 steps, from step 300 on."""
+    steps = len(history["objective"])
+    return (config.stop_when_converged and steps >= 300 and steps % 50 == 0
+            and _convergence(history, model.num_obs)["converged"])
 
 
 def _convergence(history: dict[str, list[float]], num_obs: int) -> dict[str, Any]:
