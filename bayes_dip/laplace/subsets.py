@@ -161,16 +161,31 @@ def from_names(model: nn.Module, names: Sequence[str]) -> WeightSubset:
     return _subset(model, sorted(selected, key=order.__getitem__))
 
 
-def largest_variance(la: "Laplace", n_params: int) -> WeightSubset:
-    """The ``n_params`` weights with the largest marginal posterior variance under a fitted ``la``.
+def largest_variance(la: "Laplace", n_params: int, *, rtol: float = 1e-6) -> WeightSubset:
+    """Subnetwork by Wasserstein selection (Daxberger et al. 2021) among the weights the data inform.
 
-    The subnetwork-inference recipe (Daxberger et al. 2021): fit a diagonal Laplace over
-    all weights, keep the weights it is most uncertain about, then fit a full-covariance
-    Laplace over those.
+    With a diagonal posterior ``N(θ̂, diag σ²)`` the 2-Wasserstein distance to the posterior that
+    keeps only the weights ``S`` uncertain (the others at ``θ̂``) is ``Σ_{j∉S} σ_j²``, minimised by
+    the ``n_params`` largest marginal variances of a fitted ``la`` (diagonal Laplace, or any
+    structure). A weight with zero curvature (e.g. one fed by an input that is zero on every
+    training example) keeps its prior variance ``1/δ_j``, the largest possible, yet is
+    uninformed by the data and, on such inputs, does not change the output: weights with
+    ``δ_j σ_j² ≥ 1 − rtol`` (posterior variance equal to the prior's; exactly the zero-curvature
+    ones, for any positive semi-definite curvature) are not candidates.
+
+    Args:
+        la: fitted :class:`Laplace`; n_params: size of the subnetwork; rtol: tolerance of the
+            variance-equals-prior test.
+    Raises:
+        ValueError: if fewer than ``n_params`` weights have non-zero curvature.
     """
-    if not isinstance(n_params, int) or not 1 <= n_params <= la.n_params:
+    if isinstance(n_params, bool) or not isinstance(n_params, int) or not 1 <= n_params <= la.n_params:
         raise ValueError(f"n_params must be an int in [1, {la.n_params}], got {n_params!r}")
-    top = torch.topk(la.posterior_variance, n_params).indices.sort().values
+    var = la.posterior_variance.to(torch.float64)
+    informed = var * la.prior_precision_diag.to(torch.float64) < 1 - rtol
+    if int(informed.sum()) < n_params:
+        raise ValueError(f"n_params={n_params} exceeds the {int(informed.sum())} weights with non-zero curvature")
+    top = torch.topk(torch.where(informed, var, torch.full_like(var, -1.0)), n_params).indices.sort().values
     sub = la.subset
     names, shapes, indices = [], [], []
     for g, (offset, size) in enumerate(zip(sub.offsets, sub.sizes)):

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ..batches import Batches
 from ..functional import ModelFunction
-from .layers import example_weight_grads, input_rows, layer_passes, output_rows, supported_layers
+from .layers import (example_weight_grads, input_rows, layer_passes, output_rows, selected_weight_grads,
+                     supported_layers)
 from .output import OutputCurvature
 
 __all__ = ["factor_rows", "dense_ggn"]
@@ -70,9 +71,7 @@ def _rows_by_layers(fn: ModelFunction, curv: OutputCurvature, batches: Batches, 
     for layers, acts, columns in layer_passes(fn, curv, batches, theta, progress, "GGN"):
         a_rows = {m: input_rows(layer.module, acts[m]) for m, layer in layers.items() if "weight" in layer.attrs}
         batch = next(iter(acts.values())).shape[0]
-        full_size = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-                        for m in (layer.module for layer in layers.values()))
-        chunk = max(1, ROW_BUDGET // max(1, full_size))
+        chunk = max(1, ROW_BUDGET // max(1, fn.subset.n_params))
         for grads in columns:
             g_rows = {m: output_rows(layers[m].module, g) for m, g in grads.items()}
             for start in range(0, batch, chunk):
@@ -80,10 +79,10 @@ def _rows_by_layers(fn: ModelFunction, curv: OutputCurvature, batches: Batches, 
                 parts = []
                 for mod_name, _, attr, idx in locals_:
                     g = g_rows[mod_name][sl]
-                    if attr == "weight":
-                        part = example_weight_grads(a_rows[mod_name][sl], g).flatten(1)
-                    else:
-                        part = g.sum(1)
+                    if attr == "weight" and idx is not None:  # only the chosen entries (subnetwork)
+                        parts.append(selected_weight_grads(a_rows[mod_name][sl], g, idx))
+                        continue
+                    part = example_weight_grads(a_rows[mod_name][sl], g).flatten(1) if attr == "weight" else g.sum(1)
                     parts.append(part if idx is None else part[:, idx.to(part.device)])
                 acc.add(torch.cat(parts, 1))
 

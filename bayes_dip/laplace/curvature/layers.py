@@ -22,7 +22,8 @@ from ..functional import ModelFunction
 from .output import OutputCurvature
 
 __all__ = ["SUPPORTED", "Layer", "supported_layers", "check_layers", "HookedForward", "layer_passes",
-           "input_rows", "output_rows", "example_weight_grads", "JacobianTerm", "jacobian_terms"]
+           "input_rows", "output_rows", "example_weight_grads", "selected_weight_grads", "JacobianTerm",
+           "jacobian_terms"]
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -103,6 +104,14 @@ def output_rows(module: nn.Module, g: Tensor) -> Tensor:
 def example_weight_grads(a_rows: Tensor, g_rows: Tensor) -> Tensor:
     """Per-example weight gradients ``Σ_t g_t a_tᵀ`` -> ``(B, out, in)``."""
     return g_rows.transpose(1, 2) @ a_rows
+
+
+def selected_weight_grads(a_rows: Tensor, g_rows: Tensor, idx: Tensor) -> Tensor:
+    """Entries ``idx`` (flat, row-major ``(out, in)``) of the per-example weight gradients ``Σ_t g_t a_tᵀ``
+    without forming the others: ``a_rows (B, T, in)``, ``g_rows (B, T, out)`` -> ``(B, len(idx))``."""
+    idx = idx.to(a_rows.device)
+    d_in = a_rows.shape[-1]
+    return (g_rows[:, :, idx // d_in] * a_rows[:, :, idx % d_in]).sum(1)
 
 
 class HookedForward:
@@ -192,12 +201,15 @@ def jacobian_terms(fn: ModelFunction, theta: Tensor, inputs: Tensor) -> tuple[Te
         mod_name, _, attr = local.rpartition(".")
         g = torch.stack(per_out[mod_name], 1)  # (B, n_out, T, d_out)
         if attr == "bias":
-            term = JacobianTerm(g.sum(2))
+            term = JacobianTerm(g.sum(2) if idx is None else g.sum(2)[:, :, idx.to(f.device)])
         else:
             a = input_rows(layers[mod_name].module, fwd.acts[mod_name])  # (B, T, d_in)
-            if a.shape[1] == 1:
+            if idx is not None:  # only the chosen entries (subnetwork): Σ_t g[o] a[i] per (o, i)
+                i = idx.to(f.device)
+                term = JacobianTerm(torch.einsum("bctk,btk->bck", g[..., i // a.shape[2]], a[..., i % a.shape[2]]))
+            elif a.shape[1] == 1:
                 term = JacobianTerm(g[:, :, 0], a[:, 0])
             else:
                 term = JacobianTerm(torch.einsum("bcto,bti->bcoi", g, a).flatten(2))
-        terms.append(term if idx is None else JacobianTerm(term.dense()[:, :, idx.to(f.device)]))
+        terms.append(term)
     return f, terms
