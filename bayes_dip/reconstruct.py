@@ -171,7 +171,7 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float, noise_var
     scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
     lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, y, recon=dip.recon, gamma=gamma,
-                        noise_variance=noise_variance)
+                        noise_variance=noise_variance, progress=progress)
     mode = lin.resolve_mode(settings["evidence"])
     steps = settings["evidence_steps"]
     if steps is None and mode == "stochastic":

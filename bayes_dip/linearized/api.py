@@ -91,6 +91,7 @@ class LinearizedDIP:
         exact_memory: byte budget for ``mode="auto"`` to choose the exact mode.
         subspace_rank: rank of the ``"lowrank"`` mode's observation subspace (``rank`` JVPs
             and VJPs to build).
+        progress: progress bars of the structure builds (Gram matrices, subspace).
     """
 
     def __init__(self, net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor,
@@ -98,7 +99,7 @@ class LinearizedDIP:
                  blocks: Sequence | None = None, dtype: torch.dtype | None = None,
                  gprior: bool = False, variance: float = 1.0, lengthscale: float = 0.1,
                  noise_variance: float = 1.0, exact_memory: int = 2 ** 30,
-                 subspace_rank: int = 400):
+                 subspace_rank: int = 400, progress: bool = False):
         if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
                                   or gamma < 0):
             raise ValueError(f"gamma must be None or a number >= 0, got {gamma!r}")
@@ -121,6 +122,7 @@ class LinearizedDIP:
                 or subspace_rank < 1:
             raise ValueError(f"subspace_rank must be a positive int, got {subspace_rank!r}")
         self.subspace_rank = subspace_rank
+        self.progress = bool(progress)
         self._subspace: SubspaceCovariance | None = None
         self.evidence: EvidenceResult | None = None
         self.mode: str | None = None
@@ -165,7 +167,8 @@ class LinearizedDIP:
         if self._structured is None:
             t0 = time.perf_counter()
             self._structured = StructuredCovariance.build(self.jac, self.model.ray_trafo,
-                                                          self.model.prior)
+                                                          self.model.prior,
+                                                          progress=self.progress)
             self.seconds["structure"] = time.perf_counter() - t0
         return self._structured
 
@@ -177,7 +180,7 @@ class LinearizedDIP:
             gen = torch.Generator(device=self.jac.device).manual_seed(seed)
             self._subspace = SubspaceCovariance.build(self.jac, self.model.ray_trafo,
                                                       self.model.prior, self.subspace_rank,
-                                                      generator=gen)
+                                                      generator=gen, progress=self.progress)
             self.seconds["structure"] = time.perf_counter() - t0
         return self._subspace
 
