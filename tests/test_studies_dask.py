@@ -114,8 +114,10 @@ def test_failed_task_is_reported_retried_once_and_others_kept(tmp_path, cluster_
                                                              failing_methods, capsys):
     cfg = _config(["dip", "once", "broken"])
     with pytest.raises(StudyTasksFailed) as info:
-        run_study(cfg, tmp_path, progress=False, scheduler=cluster_address)
+        run_study(cfg, tmp_path, progress=True, scheduler=cluster_address)
     err = capsys.readouterr().err
+    # the progress bar over tasks ends with both tasks done, one failed, two retried
+    assert "2/2" in err and "failed=1" in err and "retried=2" in err
     # both tasks failed on their first attempt, with the worker's traceback
     for image in ("shepp_logan", "dicom"):
         assert f"task a8_n5pct_s16/{image} failed (attempt 1 of 2)" in err
