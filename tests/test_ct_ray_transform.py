@@ -274,3 +274,38 @@ def test_astra_cuda_close_to_cpu(ray_trafos, geom):
     assert (rt.A_adjoint(y) - ref.A_adjoint(y)).norm() / ref.A_adjoint(y).norm() < 5e-2
     lhs, rhs = (rt.A(x) * y).sum(), (x * rt.A_adjoint(y)).sum()
     assert abs(lhs - rhs) / abs(lhs) < 1e-2
+
+
+def test_matrix_copies_are_lazy_and_shared():
+    """Each CSR copy is built on first use, once; float64 shares the float32 indices; a
+    float32 forward pass builds neither the transpose nor a float64 copy."""
+    rt = RayTransform(GEOMETRIES["fan"])
+    backend, cpu = rt._matrix_backend, torch.device("cpu")
+    assert backend._cache == {}
+    x = _rand((2, 1, *rt.im_shape), torch.float32, 21)
+    rt.A(x)
+    assert set(backend._cache) == {(torch.float32, cpu, False)}
+    assert True not in backend._stored  # no transpose yet
+    f32 = backend.csr(torch.float32, cpu, False)
+    rt.A(x)
+    assert backend.csr(torch.float32, cpu, False) is f32
+    rt.A_adjoint(_rand((2, 1, *rt.obs_shape), torch.float32, 22))
+    assert set(backend._cache) == {(torch.float32, cpu, False), (torch.float32, cpu, True)}
+    f64 = rt.matrix()
+    assert f64.col_indices().data_ptr() == f32.col_indices().data_ptr()
+    assert f64.crow_indices().data_ptr() == f32.crow_indices().data_ptr()
+    assert torch.equal(f64.values(), f32.values().double())
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_matrix_copies_equal_astra_matrix(geom):
+    """Both orientations hold astra's weights exactly, in astra's (scipy's transpose's) order."""
+    from bayes_dip.ct.astra_backend import system_matrix
+    rt = RayTransform(GEOMETRIES[geom])
+    ref = system_matrix(rt.geometry, rt.projector)
+    for transpose, mat in ((False, ref), (True, ref.T.tocsr())):
+        for dtype in (torch.float32, torch.float64):
+            csr = rt._matrix_backend.csr(dtype, torch.device("cpu"), transpose)
+            assert np.array_equal(csr.crow_indices().numpy(), mat.indptr)
+            assert np.array_equal(csr.col_indices().numpy(), mat.indices)
+            assert np.array_equal(csr.values().double().numpy(), mat.data)

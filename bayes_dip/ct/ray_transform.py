@@ -3,8 +3,9 @@
 One module, three interchangeable backends that compute the same operator (same geometry,
 same units, same astra projector):
 
-* ``"matrix"``: astra's CPU system matrix as a torch sparse CSR matrix plus a pre-built CSR
-  transpose; any dtype (float64 exact), any device, fastest on CPU for images up to ~512².
+* ``"matrix"``: astra's CPU system matrix as a torch sparse CSR matrix plus a CSR transpose
+  (built on the first ``Aᵀ``); any dtype (float64 exact), any device, fastest on CPU for
+  images up to ~512². Each dtype's copy is built on first use and shares the indices.
 * ``"astra"``: matrix-free astra calls (CPU projector; ``FP_CUDA``/``BP_CUDA`` when astra
   sees a GPU). float32 inside astra, inputs are cast in and out.
 * ``"odl"``: an ODL ``RayTransform`` (``impl='astra_cpu'``), built from the geometry or given.
@@ -19,6 +20,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 from torch import Tensor, nn
 
@@ -32,24 +34,36 @@ __all__ = ["RayTransform", "BACKENDS"]
 BACKENDS = ("matrix", "astra", "odl")
 
 
-def _scipy_to_torch_csr(mat, dtype: torch.dtype, device: torch.device) -> Tensor:
-    index_dtype = torch.int32 if mat.nnz < 2**31 - 1 else torch.int64
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A torch sparse CSR tensor on the given tensors (no copy)."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(mat.indptr.astype(np.int64)).to(index_dtype),
-            torch.from_numpy(mat.indices.astype(np.int64)).to(index_dtype),
-            torch.from_numpy(mat.data),
-            size=mat.shape, dtype=dtype, device=device)
+        return torch.sparse_csr_tensor(crow, col, values, size=shape)
+
+
+def _numpy_to_torch_csr(mat: scipy.sparse.csr_matrix) -> Tensor:
+    """``mat`` as a torch CSR tensor that shares its memory (``mat`` must be kept alive)."""
+    index_dtype = np.int32 if mat.nnz < 2**31 - 1 else np.int64
+    return _csr(torch.from_numpy(mat.indptr.astype(index_dtype, copy=False)),
+                torch.from_numpy(mat.indices.astype(index_dtype, copy=False)),
+                torch.from_numpy(mat.data), mat.shape)
 
 
 class _MatrixBackend:
-    """``A x`` as CSR @ (pixels, batch); CSR copies cached per (dtype, device)."""
+    """``A x`` as CSR @ (pixels, batch), from astra's float32 weights.
+
+    Holds one float32 CSR per orientation (the transpose is built on the first ``Aᵀ``); the
+    torch CSR copies are made lazily per (dtype, device, transpose) and cached: float32 on
+    CPU shares the stored arrays, other dtypes on the same device share their index arrays.
+    """
 
     def __init__(self, geometry: Geometry, projector: str) -> None:
         self.geometry = geometry
-        self.scipy_matrix = system_matrix(geometry, projector)
-        self._scipy_transpose = None
+        # astra's weights are float32 (it hands them out in float64): float32 is exact; keep
+        # astra's order of the entries (scipy's astype sorts them, changing the sums' rounding)
+        mat = system_matrix(geometry, projector)
+        self._stored = {False: scipy.sparse.csr_matrix(
+            (mat.data.astype(np.float32), mat.indices, mat.indptr), shape=mat.shape)}
         self._cache: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}
 
     def __getstate__(self) -> dict:
@@ -59,10 +73,17 @@ class _MatrixBackend:
     def csr(self, dtype: torch.dtype, device: torch.device, transpose: bool) -> Tensor:
         key = (dtype, device, transpose)
         if key not in self._cache:
-            if transpose and self._scipy_transpose is None:
-                self._scipy_transpose = self.scipy_matrix.T.tocsr()
-            mat = self._scipy_transpose if transpose else self.scipy_matrix
-            self._cache[key] = _scipy_to_torch_csr(mat, dtype, device)
+            if dtype != torch.float32:  # the float32 copy's indices, values cast (exactly)
+                f32 = self.csr(torch.float32, device, transpose)
+                mat = _csr(f32.crow_indices(), f32.col_indices(), f32.values().to(dtype),
+                           f32.shape)
+            elif device != torch.device("cpu"):
+                mat = self.csr(torch.float32, torch.device("cpu"), transpose).to(device)
+            else:
+                if transpose not in self._stored:
+                    self._stored[True] = self._stored[False].T.tocsr()
+                mat = _numpy_to_torch_csr(self._stored[transpose])
+            self._cache[key] = mat
         return self._cache[key]
 
     def apply(self, x: Tensor, adjoint: bool) -> Tensor:
