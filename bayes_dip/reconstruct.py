@@ -118,7 +118,8 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
                    dip_network_quality=_quality(dip.recon.detach().float().cpu(), problem),
                    seconds=dict(dip=dip.seconds))
     if uncertainty is not None:
-        metrics["uncertainty"] = _uncertainty_metrics(uncertainty, problem)
+        metrics["uncertainty"] = _uncertainty_metrics(uncertainty, problem,
+                                                      dip.recon.detach().float())
         metrics["seconds"].update({f"uncertainty_{k}": v for k, v in uncertainty.seconds.items()})
     with atomic_output_folder(settings["out"]) as out:
         np.save(out / "reconstruction.npy", recon.numpy()[0, 0])
@@ -242,20 +243,28 @@ SAMPLE_CG_TOL = 1e-3
 _UNCERTAINTY = {"lin-dip": _linearized, "mcdo": _mcdo, "dip": _homoscedastic}
 
 
-def _uncertainty_metrics(result: Uncertainty, problem: CTProblem) -> dict:
+def _uncertainty_metrics(result: Uncertainty, problem: CTProblem,
+                         dip_recon: torch.Tensor) -> dict:
     out = dict(method=result.method, **result.info, mean_std=float(result.std.mean()))
     gt = problem.ground_truth
     if gt is not None:
         gt64 = gt.to(torch.float64)
         mean, std = result.mean.cpu().double(), result.std.cpu().double()
         out["test_log_likelihood_per_pixel"] = result.log_likelihood(gt64)
-        out["pixel_log_likelihood"] = log_likelihood_diagonal(mean, std, gt64)
-        rmse = float((mean - gt64).square().mean().sqrt())
-        out["oracle_log_likelihood_per_pixel"] = -0.5 * math.log(2 * math.pi * rmse ** 2) - 0.5
+        out.update(_pixel_calibration(mean, std, gt64))
         out["spearman_std_error"] = std_error_correlation(mean, std, gt64).spearman
-        curve = coverage_curve(mean, std, gt64, levels=(0.68, 0.95))
-        out["coverage"] = {f"{lvl:.2f}": float(c) for lvl, c in zip(curve.levels, curve.coverage)}
+        # the same std map about the DIP output: what the predictive mean changes
+        out["about_dip_output"] = _pixel_calibration(dip_recon.cpu().double(), std, gt64)
     return out
+
+
+def _pixel_calibration(mean: torch.Tensor, std: torch.Tensor, gt: torch.Tensor) -> dict:
+    """Pixelwise Gaussian log-likelihood, the oracle ``N(mean, RMSE²)``'s, 68/95 % coverage."""
+    rmse = float((mean - gt).square().mean().sqrt())
+    curve = coverage_curve(mean, std, gt, levels=(0.68, 0.95))
+    return dict(pixel_log_likelihood=log_likelihood_diagonal(mean, std, gt),
+                oracle_log_likelihood_per_pixel=-0.5 * math.log(2 * math.pi * rmse ** 2) - 0.5,
+                coverage={f"{lvl:.2f}": float(c) for lvl, c in zip(curve.levels, curve.coverage)})
 
 
 def _figure(problem: CTProblem, label: str, recon: torch.Tensor, std: torch.Tensor | None,
