@@ -3,6 +3,17 @@
 Textbook Laplace (:mod:`.explicit`, :mod:`.transforms`), predictive links (:mod:`.links`),
 and neural-network Laplace: likelihoods × weight subsets × curvature structures composed
 by :class:`Laplace`; online marginal-likelihood training (:func:`train_marglik`).
+
+Choosing the prior precision: ``Laplace.optimize_prior_precision()`` defaults to ``"auto"``:
+the Laplace evidence sets ``δ`` (one value per parameter tensor when ``prior_precision`` has
+shape ``(G,)``, Antorán et al. 2022's recommendation 2), and with ``val_data=(X, y)`` a common
+multiplier ``c ∈ 10^[0, 6]`` of that ``δ`` is chosen by validation NLL. On the held-out digits
+protocol (``experiments/classification_posthoc_digits.py``) the evidence alone (at ``θ̂`` or
+at the linearised mode ``θ*``, ``at="linearized"``, recommendation 1) made a calibrated MAP
+MLP worse in NLL and ECE for every structure; with validation data the default returns the
+MAP's NLL and ECE (the multiplier goes to the top of the grid: the GGN posterior's spread
+only cost in-distribution NLL there), so pass ``val_data`` whenever in-distribution
+calibration matters, and leave it out when the evidence's wider, OOD-sensitive posterior is wanted.
 """
 from .curvature import GGNOperator, OutputCurvature
 from .evidence import mackay_prior_precision
