@@ -64,7 +64,7 @@ def test_balancing_principle_on_a_phantom_with_known_answer():
 def test_config_from_data_follows_the_rule_and_overrides():
     p = simulated_problem(shepp_logan(64).float(), num_angles=20, noise_level=0.05, seed=0)
     cfg, info = dip_config_from_data(p.ray_trafo, p.sinogram, p.fbp, p.noise_std)
-    assert cfg.unet == "kmnist" and cfg.plateau_window > 0 and cfg.gamma > 0
+    assert cfg.unet == "128" and cfg.plateau_window > 0 and cfg.gamma > 0
     assert info["noise_std"] == p.noise_std and info["gamma_rule"] == "balancing principle"
     cfg2, info2 = dip_config_from_data(p.ray_trafo, p.sinogram, p.fbp, None, gamma=1e-3, lr=None)
     assert cfg2.gamma == 1e-3 and cfg2.lr == cfg.lr and info2["gamma_rule"] == "given"
