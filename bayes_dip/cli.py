@@ -52,7 +52,7 @@ RECONSTRUCT_DEFAULTS: dict = dict(
     image=None, kmnist=None, htc2022=None, data_root=None, size=None, angles=30, noise=0.05,
     iterations=None, gamma=None, lr=None, device="cpu", seed=0, out="outputs/reconstruct",
     quiet=False, uncertainty=True, method="lin-dip", evidence="auto", evidence_steps=None,
-    predcp_scale=1.0, samples=16, mcdo_samples=None, mean="auto", calibrate="none",
+    predcp_scale=1.0, samples=16, mcdo_samples=None, mean="dip", calibrate="none",
 )
 
 
@@ -113,10 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evidence optimisation steps (default: by mode)")
     unc.add_argument("--predcp-scale", type=float,
                      help="TV-PredCP hyperprior scale (TV-MAP; default 1); 0 for plain MLL")
-    unc.add_argument("--mean", choices=("auto", "posterior", "dip"),
-                     help="predictive mean of lin-dip: the linearised posterior mean, the DIP "
-                          "output, or auto (default): posterior with the low-rank evidence, "
-                          "DIP output with the exact one (measured better in each)")
+    unc.add_argument("--mean", choices=("dip", "posterior"),
+                     help="predictive mean of lin-dip: the DIP output (default) or the "
+                          "linearised posterior mean (helps an under-fitted DIP)")
     unc.add_argument("--calibrate", choices=("heldout", "none"),
                      help="lin-dip: keep the evidence's hyperparameters (default), or scale "
                           "prior and noise so that the leave-one-angle-out predictive of the "

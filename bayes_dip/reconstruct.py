@@ -152,7 +152,7 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
 def _check_uncertainty_settings(settings: dict) -> None:
     if settings["method"] not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {settings['method']!r}")
-    for key, allowed in (("mean", ("auto", "posterior", "dip")),
+    for key, allowed in (("mean", ("dip", "posterior")),
                          ("calibrate", ("heldout", "none"))):
         if settings[key] not in allowed:
             raise ValueError(f"--{key} must be one of {allowed}, got {settings[key]!r}")
