@@ -185,11 +185,11 @@ def train_marglik(model: nn.Module, likelihood: str | Likelihood, data: tuple[Te
         history["loss"].append(total / n)
         done = epoch + 1
         if done > config.burn_in and (done - config.burn_in) % config.frequency == 0:
-            la = _hyper_update(model, lik, (x, y), config, log_prec, log_sigma, hyper_opt, optimize_noise)
-            history["updates"].append({"epoch": done, "log_evidence": la["log_evidence"],
+            la, log_evidence = _hyper_update(model, lik, (x, y), config, log_prec, log_sigma, hyper_opt,
+                                             optimize_noise)
+            history["updates"].append({"epoch": done, "log_evidence": log_evidence,
                                        "prior_precision": log_prec.detach().exp().tolist(),
                                        "sigma_noise": float(log_sigma.detach().exp())})
-            la = la["laplace"]
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", evidence=f"{history['updates'][-1]['log_evidence']:.1f}")
         else:
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
@@ -205,8 +205,9 @@ def train_marglik(model: nn.Module, likelihood: str | Likelihood, data: tuple[Te
 
 def _hyper_update(model: nn.Module, lik: Likelihood, data: tuple[Tensor, Tensor], config: MarglikConfig,
                   log_prec: Tensor, log_sigma: Tensor, hyper_opt: torch.optim.Optimizer,
-                  optimize_noise: bool) -> dict[str, Any]:
-    """Fit a Laplace at the current weights and take ``n_hyper_steps`` Adam steps on its evidence."""
+                  optimize_noise: bool) -> tuple[Laplace, float]:
+    """Fit a Laplace at the current weights, take ``n_hyper_steps`` Adam steps on its evidence;
+    returns the Laplace (at the new hyperparameters) and the last evidence value."""
     prec = log_prec.detach().exp()
     la = Laplace(model, lik, structure=config.structure, prior_precision=prec if prec.numel() > 1 else prec[0],
                  sigma_noise=log_sigma.detach().exp() if lik.has_noise else 1.0)
@@ -223,4 +224,4 @@ def _hyper_update(model: nn.Module, lik: Likelihood, data: tuple[Tensor, Tensor]
     la.prior_precision = p if p.numel() > 1 else p[0]
     if optimize_noise:
         la.sigma_noise = log_sigma.detach().exp()
-    return {"laplace": la, "log_evidence": float(value.detach())}
+    return la, float(value.detach())
