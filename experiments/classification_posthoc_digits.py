@@ -8,7 +8,7 @@ digits). Methods:
 
 - ``MAP``: the network's softmax;
 - ``<subset> <structure> evidence``: scalar δ by the Laplace evidence at ``θ̂`` (laplace-torch's default);
-- ``all KFAC evidence@θ* layerwise``: recommendations 1 + 2 of Antorán et al. (2022): one δ per
+- ``<subset> <structure> evidence@θ* layerwise``: recommendations 1 + 2 of Antorán et al. (2022): one δ per
   parameter tensor by 5 MacKay iterations at the linearised mode ``θ*`` (slow: Newton-CG
   passes over the data for every ``θ*``);
 - ``<subset> <structure> default``: ``optimize_prior_precision()`` with ``val_data`` (per-group
@@ -42,6 +42,7 @@ METHODS = {
     "all diag evidence": ("all", "diag", "scalar", "evidence"),
     "all KFAC evidence": ("all", "kfac", "scalar", "evidence"),
     "all KFAC evidence@θ* layerwise": ("all", "kfac", "layerwise", "evidence@θ*"),
+    "LL full evidence@θ* layerwise": ("last_layer", "full", "layerwise", "evidence@θ*"),
     "LL KFAC default": ("last_layer", "kfac", "layerwise", "default"),
     "all diag default": ("all", "diag", "layerwise", "default"),
     "all KFAC default": ("all", "kfac", "layerwise", "default"),
