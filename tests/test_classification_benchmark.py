@@ -179,7 +179,7 @@ def test_digits_smoke_run_writes_table_and_reliability_png(tmp_path):
     assert rows["MAP"]["shift"][0.0]["acc"] > rows["MAP"]["shift"][90.0]["acc"]
 
 
-def test_subnetwork_reuses_the_diagonal_laplace_and_selects_its_largest_variances():
+def test_subnetwork_reuses_the_diagonal_laplace_and_selects_its_largest_informed_variances():
     train, _ = datasets.load_digits_split(n_train=300, seed=2)
     model = build_model("mlp", (1, 8, 8), 10, seed=0, hidden=[16])
     model.eval()
@@ -193,5 +193,8 @@ def test_subnetwork_reuses_the_diagonal_laplace_and_selects_its_largest_variance
     offsets = dict(zip(diag.laplace.subset.names, diag.laplace.subset.offsets))
     for name, shape, idx in zip(sub.laplace.subset.names, sub.laplace.subset.shapes, sub.laplace.subset.indices):
         chosen += (offsets[name] + (torch.arange(shape.numel()) if idx is None else idx)).tolist()
-    top = torch.topk(diag.laplace.posterior_variance, 40).indices
+    var = diag.laplace.posterior_variance
+    informed = var * diag.laplace.prior_precision_diag < 1 - 1e-6  # zero-curvature weights keep the prior variance
+    assert not bool(informed[torch.topk(var, 40).indices].all())  # border pixels: the naive rule picks them
+    top = torch.topk(torch.where(informed, var, torch.full_like(var, -1.0)), 40).indices
     assert sorted(chosen) == sorted(top.tolist())
