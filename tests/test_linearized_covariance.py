@@ -162,3 +162,28 @@ def test_bad_inputs(setup):
         sc.gaussian_nll(prior, torch.tensor(1.0, dtype=F64), torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="positive definite"):
         sc.gaussian_nll(prior, torch.tensor(-1e3, dtype=F64))
+
+
+def test_term_grams_in_passes_are_identical(setup, monkeypatch):
+    """A byte budget below the size of ``Uᵀ J`` splits the blocks into passes of VJPs: the
+    same Grams bit for bit, no buffer above the budget's share."""
+    from bayes_dip.linearized import covariance
+    jac, *_ = setup
+    prior = _random_prior(jac.layout, 5)
+    u = torch.randn(jac.num_pixels, 10, dtype=F64, generator=torch.Generator().manual_seed(6))
+    calls = []
+    real = covariance._jacobian_blocks
+
+    def spy(*args, **kwargs):
+        bufs = real(*args, **kwargs)
+        calls.append(sum(b.numel() * b.element_size() for b in bufs.values()))
+        return bufs
+
+    monkeypatch.setattr(covariance, "_jacobian_blocks", spy)
+    ref = covariance.term_grams(jac, prior, u, batch_size=4, max_bytes=None)
+    assert len(calls) == 1
+    total = calls.pop()
+    split = covariance.term_grams(jac, prior, u, batch_size=4, max_bytes=total // 2)
+    assert len(calls) >= 2 and max(calls) < total
+    assert split[0] == ref[0] and split[1] == ref[1]
+    assert all(torch.equal(a, b) for a, b in zip(split[2], ref[2]))

@@ -200,60 +200,88 @@ class _PackedGaussianNLL(torch.autograd.Function):
 
 
 def _jacobian_blocks(jac: NetworkJacobian, prior: WeightPrior, cotangents: Tensor,
-                     batch_size: int, progress: bool) -> list[Tensor]:
-    """``Uᵀ J S`` per block for image-space cotangents ``U (n_pix, k)`` (``U = I``: the dense
-    Jacobian; g-prior scaling ``S``), from ``k`` VJPs: GP blocks as ``(m, k, F)``
-    (position-major, so each position is a contiguous ``k × F`` matrix), Normal blocks as
-    ``(k, size)``; in the Jacobian's dtype."""
+                     batch_size: int, progress: bool, blocks: list[int],
+                     desc: str = "Jacobian") -> dict[int, Tensor]:
+    """``Uᵀ J S`` of the prior blocks ``blocks`` for image-space cotangents ``U (n_pix, k)``
+    (``U = I``: the dense Jacobian; g-prior scaling ``S``), from ``k`` VJPs: GP blocks as
+    ``(m, k, F)`` (position-major, so each position is a contiguous ``k × F`` matrix), Normal
+    blocks as ``(k, size)``; in the Jacobian's dtype."""
     k = cotangents.shape[1]
-    bufs: list[Tensor] = []
-    for block in prior.layout.blocks:
+    bufs: dict[int, Tensor] = {}
+    for d in blocks:
+        block = prior.layout.blocks[d]
         if block.kind == "gp":
             shape = (block.filter_numel, k, block.num_filters)
         else:
             shape = (k, block.size)
-        bufs.append(torch.empty(shape, dtype=jac.dtype, device=jac.device))
+        bufs[d] = torch.empty(shape, dtype=jac.dtype, device=jac.device)
     scale = prior.weight_scale
     scale = None if scale is None else scale.to(jac.dtype).unsqueeze(1)
-    for i in tqdm(range(0, k, batch_size), desc="Jacobian", disable=not progress, leave=False):
+    for i in tqdm(range(0, k, batch_size), desc=desc, disable=not progress, leave=False):
         with torch.no_grad():
             g = jac.vjp(cotangents[:, i:i + batch_size].to(jac.dtype))
         if scale is not None:
             g = g * scale
         c = g.shape[1]
-        for block, buf, part in zip(prior.layout.blocks, bufs, prior.layout.split(g)):
+        for d, (block, part) in enumerate(zip(prior.layout.blocks, prior.layout.split(g))):
+            if d not in bufs:
+                continue
             if block.kind == "gp":
                 filters = part.reshape(block.num_filters, block.filter_numel, c)
-                buf[:, i:i + c] = filters.permute(1, 2, 0)
+                bufs[d][:, i:i + c] = filters.permute(1, 2, 0)
             else:
-                buf[i:i + c] = part.mT
+                bufs[d][i:i + c] = part.mT
     return bufs
 
 
+def _passes(sizes: list[int], max_bytes: int | None) -> list[list[int]]:
+    """Block indices in as few groups as keep each group's bytes near ``max_bytes``
+    (``ceil(total / max_bytes)`` groups, largest blocks first into the lightest group)."""
+    count = 1 if max_bytes is None else max(1, math.ceil(sum(sizes) / max_bytes))
+    groups: list[list[int]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for d in sorted(range(len(sizes)), key=lambda d: -sizes[d]):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(d)
+        loads[lightest] += sizes[d]
+    return [sorted(g) for g in groups if g]
+
+
 def term_grams(jac: NetworkJacobian, prior: WeightPrior, cotangents: Tensor, *,
-               batch_size: int = 16, progress: bool = False
+               batch_size: int = 16, progress: bool = False, max_bytes: int | None = 2 ** 29
                ) -> tuple[list[tuple[int, int]], list[float], list[Tensor]]:
     """The Grams ``Uᵀ M_t U`` ``(k, k)`` (float64) of every prior term ``t`` for image-space
     cotangents ``U (n_pix, k)``, with ``terms[t] = (block, class)`` (class ``-1``: Normal
-    block) and the class radii; one block's ``Uᵀ J`` is freed before the next one's Grams."""
+    block) and the class radii; one block's ``Uᵀ J`` is freed before the next one's Grams.
+
+    ``Uᵀ J`` (``k × P`` in the Jacobian's dtype) is held for about ``max_bytes`` at most:
+    when it is larger, the blocks are split into groups, each from its own ``k`` VJPs (the
+    same Grams, one more pass of VJPs per group; ``None``: one pass)."""
     f64 = torch.float64
-    bufs = _jacobian_blocks(jac, prior, cotangents, batch_size, progress)
+    blocks = prior.layout.blocks
+    sizes = [cotangents.shape[1] * block.size * jac.theta.element_size() for block in blocks]
+    passes = _passes(sizes, max_bytes)
+    per_block: dict[int, tuple[list[Tensor], list[float], int]] = {}
+    for n, group in enumerate(passes):
+        desc = "Jacobian" if len(passes) == 1 else f"Jacobian {n + 1}/{len(passes)}"
+        bufs = _jacobian_blocks(jac, prior, cotangents, batch_size, progress, group, desc)
+        for d in group:
+            buf = bufs.pop(d)  # free as we go
+            if blocks[d].kind == "gp":
+                block_radii, mats = distance_classes(blocks[d].kernel_size, f64)
+                per_block[d] = (_gp_block_grams(buf, mats), block_radii.tolist(), mats.shape[0])
+            else:
+                jd = buf.to(f64)
+                per_block[d] = ([jd @ jd.mT], [0.0], 0)
+            del buf
     terms: list[tuple[int, int]] = []
     radii: list[float] = []
     grams: list[Tensor] = []
-    for d, block in enumerate(prior.layout.blocks):
-        buf, bufs[d] = bufs[d], None  # free as we go
-        if block.kind == "gp":
-            block_radii, mats = distance_classes(block.kernel_size, f64)
-            grams += _gp_block_grams(buf, mats)
-            terms += [(d, c) for c in range(mats.shape[0])]
-            radii += block_radii.tolist()
-        else:
-            jd = buf.to(f64)
-            grams.append(jd @ jd.mT)
-            terms.append((d, -1))
-            radii.append(0.0)
-        del buf
+    for d in range(len(blocks)):
+        block_grams, block_radii, classes = per_block.pop(d)
+        grams += block_grams
+        radii += block_radii
+        terms += [(d, c) for c in range(classes)] if classes else [(d, -1)]
     return terms, radii, grams
 
 
@@ -292,9 +320,9 @@ def _gp_block_grams(jac_block: Tensor, mats: Tensor) -> list[Tensor]:
     basis, groups = joint_block_basis(mats)
     coef = basis.mT @ mats @ basis  # (C, m, m), block diagonal
     grams = [torch.zeros(n, n, dtype=f64, device=jac_block.device) for _ in range(mats.shape[0])]
+    term = torch.empty(jac_block.shape[1:], dtype=f64, device=jac_block.device)
     for group in groups:  # the rotated positions of one group at a time
-        rot = {i: sum(float(basis[p, i]) * jac_block[p].to(f64) for p in range(mats.shape[1]))
-               for i in group}
+        rot = {i: _rotate(jac_block, basis[:, i], term) for i in group}
         for a, i in enumerate(group):
             for j in group[a:]:
                 prod = rot[i] @ rot[j].mT
@@ -305,6 +333,15 @@ def _gp_block_grams(jac_block: Tensor, mats: Tensor) -> list[Tensor]:
                         grams[c].add_(prod, alpha=float(coef[c, i, j]))
         del rot
     return grams
+
+
+def _rotate(jac_block: Tensor, weights: Tensor, term: Tensor) -> Tensor:
+    """``Σ_p weights[p] · jac_block[p]`` in float64, summed in order with one workspace
+    ``term`` (the float64 copies are never all alive at once)."""
+    out = torch.empty_like(term).copy_(jac_block[0]).mul_(float(weights[0]))
+    for p in range(1, jac_block.shape[0]):
+        out.add_(term.copy_(jac_block[p]).mul_(float(weights[p])))
+    return out
 
 
 class StructuredCovariance:
