@@ -25,6 +25,20 @@ from .posterior.base import Scale, Structure
 __all__ = ["linearized_log_likelihood", "find_linearized_mode"]
 
 
+def _linearized_batches(fn: ModelFunction, batches: Batches, theta: Tensor, step: Tensor):
+    """Per batch: the network ``f`` as a function of the weights on its inputs, the targets and
+    the linearised output ``f̂ + J Δ`` (computed without autograd)."""
+    for x, y in batches:
+        inputs = fn.prepare(x)
+
+        def f(t: Tensor, inputs=inputs) -> Tensor:
+            return fn(t, inputs)
+
+        with torch.no_grad():
+            f_hat, jd = jvp(f, (theta,), (step,))
+        yield f, y, f_hat + jd
+
+
 def linearized_log_likelihood(fn: ModelFunction, likelihood: Likelihood, batches: Batches, theta: Tensor,
                               step: Tensor, sigma_noise: Tensor | float = 1.0,
                               grad: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -37,15 +51,8 @@ def linearized_log_likelihood(fn: ModelFunction, likelihood: Likelihood, batches
     total = torch.zeros((), dtype=torch.float64, device=theta.device)
     gradient = torch.zeros_like(theta) if grad else None
     step = step.to(theta.dtype)
-    for x, y in batches:
-        inputs = fn.prepare(x)
-
-        def f(t: Tensor) -> Tensor:
-            return fn(t, inputs)
-
-        with torch.no_grad():
-            f_hat, jd = jvp(f, (theta,), (step,))
-        f_lin = (f_hat + jd).requires_grad_(grad)
+    for f, y, f_lin in _linearized_batches(fn, batches, theta, step):
+        f_lin.requires_grad_(grad)
         with torch.set_grad_enabled(grad):
             log_lik = likelihood.log_prob(f_lin, y, sigma_noise).sum()
         total = total + log_lik.detach().to(torch.float64)
@@ -61,16 +68,10 @@ def _hessian_matmul(fn: ModelFunction, likelihood: Likelihood, batches: Batches,
     """``Σ_n J_nᵀ H_n J_n v`` with ``H_n = −∂² log p / ∂f²`` at the linearised output ``f̂ + J_n Δ``."""
     out = torch.zeros_like(theta)
     scale = likelihood.curvature_scale(sigma_noise)
-    for x, y in batches:
-        inputs = fn.prepare(x)
-
-        def f(t: Tensor) -> Tensor:
-            return fn(t, inputs)
-
+    for f, _, f_lin in _linearized_batches(fn, batches, theta, step):
         with torch.no_grad():
-            f_hat, jd = jvp(f, (theta,), (step,))
             _, jv = jvp(f, (theta,), (v,))
-            hv = scale * likelihood.hessian_matmul(f_hat + jd, jv.unsqueeze(0)).squeeze(0)
+            hv = scale * likelihood.hessian_matmul(f_lin, jv.unsqueeze(0)).squeeze(0)
         _, pullback = vjp(f, theta)
         out += pullback(hv)[0].detach()
     return out
