@@ -354,7 +354,7 @@ class Laplace:
                 :meth:`log_marginal_likelihood`.
             optimize_noise: also fit ``σ`` (default: True for Gaussian likelihoods).
         Returns:
-            history of the criterion as a tensor: log evidence per step, or the validation NLL
+            Tensor: the criterion's history, the log evidence per step or the validation NLL
             per grid value (``"grid"`` with ``val_data``, ``"auto"`` with ``val_data``).
         """
         self._require_fit()
