@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--config", required=True, help="study YAML (schema: bayes_dip.studies.config)")
     cal.add_argument("--out", default="outputs/study", help="study folder (default outputs/study)")
     cal.add_argument("--quiet", action="store_true", help="no progress bars")
+    cal.add_argument("--report-only", action="store_true",
+                     help="compute nothing: tables and figures of the results in --out finished "
+                          "so far")
     _add_threads(cal)
     cal.add_argument("--workers", type=int, metavar="N",
                      help="Dask local cluster of N single-threaded worker processes "
@@ -313,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bayes_dip.studies.parallel import StudyTasksFailed
             try:
                 results = run_study(args.config, args.out, progress=not args.quiet,
-                                    workers=args.workers, scheduler=args.scheduler)
+                                    report_only=args.report_only, workers=args.workers,
+                                    scheduler=args.scheduler)
             except StudyTasksFailed as exc:
                 print(exc.results.table_markdown)
                 print(f"bayes-dip calibrate: error: {exc}", file=sys.stderr)

@@ -178,6 +178,34 @@ def test_calibrate_missing_config(capsys, tmp_path):
     assert "--config" in err and "Traceback" not in err
 
 
+def test_calibrate_report_only_computes_nothing(capsys, tmp_path, monkeypatch):
+    study = ("name: cli-report\nmethods: [dip]\n"
+             "settings: [{{angles: 6, noise: 0.05, images: {images}, size: 16}}]\n"
+             "unet: {{preset: kmnist, channels: [4, 4], skip_channels: [0, 2]}}\n"
+             "dip: {{iterations: 20, lr: 0.01}}\nfigures: {{enabled: false}}\n")
+    cfg, out = tmp_path / "study.yaml", tmp_path / "study"
+    cfg.write_text(study.format(images="[shepp_logan]"))
+    assert main(["calibrate", "--config", str(cfg), "--out", str(out), "--quiet",
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    # one more image in the config: --report-only tabulates the finished one, runs nothing
+    cfg.write_text(study.format(images="[shepp_logan, dicom]"))
+    monkeypatch.setattr("bayes_dip.studies.runner.run_image_task",
+                        lambda *args: pytest.fail("--report-only computed a result"))
+    (out / "table.md").unlink()
+    assert main(["calibrate", "--config", str(cfg), "--out", str(out), "--report-only"]) == 0
+    assert "DIP (σ²=1)" in capsys.readouterr().out and (out / "table.md").is_file()
+    assert not (out / "results" / "a6_n5pct_s16" / "dicom").exists()
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        if folder.name == "empty":
+            folder.mkdir()
+        assert main(["calibrate", "--config", str(cfg), "--out", str(folder),
+                     "--report-only"]) == 2
+        err = capsys.readouterr().err
+        assert "no finished results" in err and str(folder) in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
 def test_out_is_an_existing_file(capsys, tmp_path):
     path = tmp_path / "out"
     path.write_text("keep me")

@@ -80,7 +80,8 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
             checkpointed under ``cache/`` and shared by the methods built on it.
         progress: progress bars (study loop and the stages inside; over tasks on a cluster).
         report_only: compute nothing; write the tables and figures of the results finished
-            so far (e.g. of a long study stopped part-way).
+            so far (e.g. of a long study stopped part-way). ``ValueError`` where ``out_dir``
+            holds none (missing or empty folder).
         workers: ``0`` runs the images one after another in this process; ``N > 0`` runs
             them on a Dask ``LocalCluster`` of ``N`` single-threaded worker processes;
             ``None`` one worker per CPU, or serial where that is one worker (one task or
@@ -111,9 +112,12 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir must be a folder, but {out} is a file")
+    tasks, reused = plan_tasks(cfg, ResultStore(out))
+    if report_only and not reused:
+        raise ValueError(f"out_dir: no finished results of study {cfg.name!r} in {out}; "
+                         "nothing to report (run the study first)")
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "study.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tasks, reused = plan_tasks(cfg, ResultStore(out))
     computed: list[tuple[str, str, str]] = []
     failures: dict[str, str] = {}
     if tasks and not report_only:
