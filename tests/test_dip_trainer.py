@@ -177,6 +177,35 @@ def test_plateau_stops_when_the_lowest_loss_stalls(tmp_path):
     assert op.calls == calls
 
 
+def test_backtracking_restores_the_best_iterate_after_divergence(tmp_path):
+    """At lr 0.1 this net's Adam run diverges; with ``backtrack_factor=2`` each loss above
+    twice the lowest so far sends the run back to its best iterate (the next loss is the best
+    loss again) at half the learning rate, ending far lower; an interrupted and resumed run
+    repeats it exactly."""
+    op, x, y, inp = _problem()
+    kwargs = dict(net_input=inp, ground_truth=x, progress=False)
+    plain = DIPConfig(iterations=150, lr=0.1, gamma=1e-3, lr_warmup=5, checkpoint_every=10)
+    cfg = DIPConfig.from_dict({**plain.to_dict(), "backtrack_factor": 2.0})
+    diverged = reconstruct_dip(op, y, net=_small_net(), config=plain, **kwargs)
+    run = reconstruct_dip(op, y, net=_small_net(), config=cfg, **kwargs)
+    assert diverged.backtracks == [] and len(run.backtracks) >= 1
+    assert run.best_loss < 0.7 * diverged.best_loss
+    loss = run.history.loss
+    for it in run.backtracks:
+        assert it >= 2 * cfg.lr_warmup
+        assert loss[it] > 2 * loss[:it].min()
+        assert loss[it + 1] == pytest.approx(float(loss[:it].min()), rel=1e-6)
+
+    op.interrupt_after = op.calls + run.backtracks[0] + 3
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct_dip(op, y, net=_small_net(), config=cfg, checkpoint_dir=tmp_path, **kwargs)
+    op.interrupt_after = None
+    resumed = reconstruct_dip(op, y, net=_small_net(), config=cfg, checkpoint_dir=tmp_path,
+                              **kwargs)
+    _assert_same_run(run, resumed)
+    assert resumed.backtracks == run.backtracks
+
+
 def test_checkpoint_extends_to_more_iterations(tmp_path):
     op, x, y, inp = _problem()
     cfg = DIPConfig(iterations=30, lr=0.02, checkpoint_every=100)
@@ -237,7 +266,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
                                          ("iterations", 2.5), ("lr", 0.0), ("lr", -1e-3),
                                          ("lr", float("nan")), ("gamma", -1.0),
                                          ("gamma", float("inf")), ("seed", -1), ("lr_warmup", -1),
-                                         ("checkpoint_every", 0), ("log_every", 0)])
+                                         ("checkpoint_every", 0), ("log_every", 0),
+                                         ("backtrack_factor", 1.0), ("backtrack_factor", -2.0),
+                                         ("backtrack_factor", float("inf"))])
 def test_bad_config_raises(field, value):
     with pytest.raises(ValueError, match=field):
         DIPConfig(**{field: value})

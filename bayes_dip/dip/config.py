@@ -29,6 +29,11 @@ class DIPConfig:
         plateau_window, plateau_tol: stop before ``iterations`` once the lowest loss improved
             by less than the fraction ``plateau_tol`` over the last ``plateau_window``
             iterations (checked every window after the warm-up; 0: run all iterations).
+        backtrack_factor: from iteration ``2 · lr_warmup`` on (before, the loss still falls
+            fast and jumps are transient), a loss above this multiple of the lowest loss
+            so far means Adam diverged: the best iterate is restored and the learning rate is
+            halved (0: off). Checked every iteration on the CPU,
+            every ``log_every`` iterations on accelerators (a check is a host sync).
         checkpoint_every: iterations between checkpoints (used with a ``checkpoint_dir``).
         log_every: iterations between progress-bar updates (the only host syncs).
     """
@@ -42,6 +47,7 @@ class DIPConfig:
     fbp_filter: str = "hann"
     plateau_window: int = 0
     plateau_tol: float = 0.01
+    backtrack_factor: float = 0.0
     checkpoint_every: int = 1000
     log_every: int = 100
 
@@ -58,6 +64,10 @@ class DIPConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not _is_real(self.plateau_tol) or not 0 < self.plateau_tol < 1:
             raise ValueError(f"plateau_tol must be a number in (0, 1), got {self.plateau_tol!r}")
+        if not _is_real(self.backtrack_factor) or not (
+                self.backtrack_factor == 0 or 1 < self.backtrack_factor < math.inf):
+            raise ValueError(f"backtrack_factor must be 0 (off) or a finite number > 1, "
+                             f"got {self.backtrack_factor!r}")
         if not _is_real(self.gamma) or not math.isfinite(self.gamma) or self.gamma < 0:
             raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
         if self.unet is not None and not isinstance(self.unet, str):

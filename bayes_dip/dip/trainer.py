@@ -23,7 +23,7 @@ __all__ = ["DIPHistory", "DIPResult", "reconstruct_dip"]
 
 # config fields that may change between an interrupted run and its resumption
 _RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "log_every", "plateau_window",
-                      "plateau_tol")
+                      "plateau_tol", "backtrack_factor")
 
 
 @dataclass
@@ -41,7 +41,8 @@ class DIPResult:
 
     ``recon``: ``(B, 1, H, W)`` output of ``net`` (best weights, eval mode) at ``net_input``;
     ``best_iteration`` is the index ``i`` of the lowest ``history.loss[i]``; ``seconds``
-    is the training wall time, summed over resumed runs.
+    is the training wall time, summed over resumed runs; ``backtracks``: the iterations at
+    which a diverged run went back to its best iterate (``DIPConfig.backtrack_factor``).
     """
 
     recon: Tensor
@@ -51,6 +52,7 @@ class DIPResult:
     best_iteration: int
     history: DIPHistory
     seconds: float
+    backtracks: list[int]
 
 
 def dip_loss(ray_trafo: nn.Module, x: Tensor, y: Tensor, gamma: float) -> Tensor:
@@ -147,6 +149,7 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
     best = _BestIterate(params, torch.tensor(float("inf"), **factory),
                         sync_free=y.device.type != "cpu")
     start, seconds_before = 0, 0.0
+    backtracks: list[int] = []
     rng_devices = [y.device] if y.device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=rng_devices):
@@ -155,6 +158,7 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
         if state is not None:
             start, seconds_before = _restore(state, config, y, net_input, net, optimizer,
                                              best, losses, psnrs)
+            backtracks = list(state.get("backtracks", []))
         t0 = time.perf_counter()
         net.train()
         done = start
@@ -173,11 +177,15 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                     out = net(net_input)
                     loss = dip_loss(ray_trafo, out, y, config.gamma)
                     loss.backward()
-                    best.update(loss.detach(), params, it)
                     losses[it] = loss.detach()
                     if psnrs is not None:
                         psnrs[it] = _psnr(out.detach(), ground_truth)
-                    optimizer.step()
+                    if _diverged(config, best, loss, it):
+                        _backtrack(optimizer, params, best)
+                        backtracks.append(it)
+                    else:
+                        best.update(loss.detach(), params, it)
+                        optimizer.step()
                     done = it + 1
                     finished = done == total or _plateaued(config, losses, done)
                     if done % config.log_every == 0 or finished:
@@ -192,7 +200,7 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                         seconds = seconds_before + time.perf_counter() - t0
                         save_checkpoint(checkpoint_dir, _state(
                             config, y, net_input, net, optimizer, best, losses, psnrs, done,
-                            seconds))
+                            seconds, backtracks))
                     if stop.requested:
                         raise KeyboardInterrupt
                     if finished:
@@ -212,7 +220,28 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
     history = DIPHistory(loss=losses[:done].double().cpu(),
                          psnr=None if psnrs is None else psnrs[:done].double().cpu())
     return DIPResult(recon=recon, net=net, net_input=net_input, best_loss=float(best.loss),
-                     best_iteration=best_iteration, history=history, seconds=seconds)
+                     best_iteration=best_iteration, history=history, seconds=seconds,
+                     backtracks=backtracks)
+
+
+def _diverged(config: DIPConfig, best: _BestIterate, loss: Tensor, it: int) -> bool:
+    """``loss > backtrack_factor × lowest loss`` from twice the warm-up on (on accelerators
+    only every ``log_every`` iterations, as the check syncs with the host)."""
+    if not config.backtrack_factor or it < 2 * config.lr_warmup \
+            or (best.sync_free and it % config.log_every):
+        return False
+    return bool(loss.detach() > config.backtrack_factor * best.loss)
+
+
+def _backtrack(optimizer: torch.optim.Optimizer, params: list[Tensor],
+               best: _BestIterate) -> None:
+    """Back to the best iterate at half the learning rate. Adam's moments are kept: fresh
+    ones would make the next step a full-size sign step, which diverged again at once."""
+    with torch.no_grad():
+        for p, b in zip(params, best.params):
+            p.copy_(b)
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.5
 
 
 def _plateaued(config: DIPConfig, losses: Tensor, done: int) -> bool:
@@ -284,7 +313,8 @@ def _rng_state(device: torch.device) -> dict[str, Tensor]:
 
 def _state(config: DIPConfig, y: Tensor, net_input: Tensor, net: nn.Module,
            optimizer: torch.optim.Optimizer, best: _BestIterate, losses: Tensor,
-           psnrs: Tensor | None, done: int, seconds: float) -> dict[str, Any]:
+           psnrs: Tensor | None, done: int, seconds: float,
+           backtracks: list[int]) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
         "y": y.cpu(),
@@ -299,6 +329,7 @@ def _state(config: DIPConfig, y: Tensor, net_input: Tensor, net: nn.Module,
         "psnrs": None if psnrs is None else psnrs[:done].cpu(),
         "rng": _rng_state(y.device),
         "seconds": seconds,
+        "backtracks": list(backtracks),
     }
 
 
