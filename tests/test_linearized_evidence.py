@@ -151,6 +151,26 @@ def test_stop_when_converged(parts, tmp_path):
     assert again.steps == n and again.noise_variance == early.noise_variance
 
 
+def test_known_noise_variance_stays_fixed(parts):
+    """``learn_noise_variance=False`` optimises the prior only: σ_y² keeps its value and the
+    prior hyperparameters reach a stationary point of the evidence at that σ_y² (gradient ~0),
+    which is not the free optimum's."""
+    *_, sc, _, _ = parts
+    cfg = dict(mode="exact", steps=1500, lr=0.05, stop_when_converged=True, progress=False)
+    fixed_model = _model(parts)
+    fixed = optimize_evidence(fixed_model, EvidenceConfig(**cfg, learn_noise_variance=False),
+                              structured=sc)
+    free = optimize_evidence(_model(parts), EvidenceConfig(**cfg), structured=sc)
+    assert fixed.noise_variance == pytest.approx(0.05, rel=1e-12)
+    assert fixed.history["noise_variance"] == pytest.approx([0.05] * fixed.steps, rel=1e-12)
+    assert abs(free.noise_variance - 0.05) > 1e-3
+    params = dict(fixed_model.named_parameters())
+    nle = negative_log_evidence(fixed_model, sc, "map")
+    grads = torch.autograd.grad(nle, [params["prior.log_variance"],
+                                      params["prior.log_lengthscale"]])
+    assert max(float(g.abs().max()) for g in grads) < 1e-3
+
+
 def test_stochastic_run_reports_cg(parts):
     model = _model(parts)
     result = optimize_evidence(model, EvidenceConfig(mode="stochastic", steps=3, num_probes=3,

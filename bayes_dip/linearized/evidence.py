@@ -76,6 +76,8 @@ class EvidenceConfig:
         checkpoint_every: steps between checkpoints (with a ``checkpoint_path``).
         stop_when_converged: end before ``steps`` once the run has converged (checked every
             50 steps from step 300; see :attr:`EvidenceResult.convergence`).
+        learn_noise_variance: ``False`` keeps σ_y² at the model's value (a known noise level)
+            and optimises the prior hyperparameters only.
         progress: show a tqdm progress bar.
     """
 
@@ -92,6 +94,7 @@ class EvidenceConfig:
     checkpoint_every: int = 100
     progress: bool = True
     stop_when_converged: bool = False
+    learn_noise_variance: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -254,7 +257,8 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
         raise ValueError("mode='lowrank' needs structured=SubspaceCovariance.build(...)")
     if predcp is not None and not callable(predcp):
         raise TypeError("predcp must be None or callable(prior) -> Tensor")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for name, p in model.named_parameters() if p.requires_grad
+              and (config.learn_noise_variance or name != "log_noise_variance")]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     generator = torch.Generator(device=model.jac.device).manual_seed(config.seed)
     history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
@@ -417,8 +421,9 @@ def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
           objective_terms: dict[str, Any]) -> tuple[int, float]:
     state = torch.load(path, map_location=model.jac.device, weights_only=False)
     saved = dict(state["config"])
-    for key in ("mode", "lr", "weights", "seed", "num_probes", "precond_rank", "precond_every"):
-        if saved.get(key) != getattr(config, key):
+    for key in ("mode", "lr", "weights", "seed", "num_probes", "precond_rank", "precond_every",
+                "learn_noise_variance"):
+        if saved.get(key, getattr(EvidenceConfig, key)) != getattr(config, key):
             raise ValueError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
                              f"not {getattr(config, key)!r}")
     if "objective" not in state:
