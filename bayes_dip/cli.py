@@ -230,6 +230,8 @@ def _partial_progress(partial: Path) -> str:
     if dip is not None:
         parts.append(f"DIP iteration {dip['iteration']} of {dip['config']['iterations']} "
                      f"with its best iterate ({int(dip['best_iteration'])})")
+    if (partial / "subspace.pt").is_file():
+        parts.append("the low-rank subspace")
     evidence = partial / "evidence.pt"
     if evidence.is_file():
         state = torch.load(evidence, map_location="cpu", weights_only=False)
@@ -238,7 +240,7 @@ def _partial_progress(partial: Path) -> str:
 
 
 #: checkpoint files of run_reconstruct inside <out>.partial/
-_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "evidence.pt")
+_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "subspace.pt", "evidence.pt")
 #: settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("quiet",)
 

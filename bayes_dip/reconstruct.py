@@ -173,7 +173,8 @@ def _linearized(settings: dict, problem: CTProblem, dip, gamma: float, noise_var
     scale = settings["predcp_scale"]
     y = problem.sinogram.to(dip.recon.device)
     lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, y, recon=dip.recon, gamma=gamma,
-                        noise_variance=noise_variance, progress=progress)
+                        noise_variance=noise_variance, progress=progress,
+                        checkpoint_dir=None if checkpoint_path is None else checkpoint_path.parent)
     mode = lin.resolve_mode(settings["evidence"])
     steps = settings["evidence_steps"]
     if steps is None and mode == "stochastic":

@@ -145,3 +145,31 @@ def test_bad_inputs(problem):
     other = RayTransform(ParallelBeamGeometry((6, 6), num_angles=5))
     with pytest.raises(ValueError, match="im_shape"):
         LinearizedDIP(net, x, other, other.A(torch.zeros(1, 1, 6, 6, dtype=F64)))
+
+
+def test_subspace_checkpoint_is_read_back_for_the_same_model_only(problem, tmp_path,
+                                                                   monkeypatch):
+    """With a ``checkpoint_dir`` the low-rank subspace is saved once built; a new instance for
+    the same network, data, prior and rank reads it back (no sketch, same evidence run); a
+    different prior is refused with a clear error."""
+    from bayes_dip.linearized import SubspaceCovariance
+    net, x, rt, y, truth = problem
+    first = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=10, checkpoint_dir=tmp_path)
+    built = first.subspace(seed=3)
+    assert (tmp_path / "subspace.pt").is_file()
+    ev_first = first.optimize_hyperparameters("lowrank", steps=20, seed=3, progress=False)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the subspace was built again")
+    monkeypatch.setattr(SubspaceCovariance, "build", no_build)
+    again = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=10, checkpoint_dir=tmp_path)
+    ev_again = again.optimize_hyperparameters("lowrank", steps=20, seed=3, progress=False)
+    loaded = again.subspace(seed=3)
+    for name in ("basis", "grams", "tail"):
+        assert torch.equal(getattr(loaded, name), getattr(built, name))
+    assert ev_again.history["objective"] == ev_first.history["objective"]
+
+    other = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=10, variance=2.0,
+                          checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="subspace of another network, prior or rank"):
+        other.subspace(seed=3)

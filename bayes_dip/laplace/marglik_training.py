@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bayes_dip.output_folder import atomic_write
+
 from .laplace import Laplace
 from .likelihoods import Likelihood, make_likelihood
 
@@ -108,9 +110,7 @@ def _groups(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def train_marglik(model: nn.Module, likelihood: str | Likelihood, data: tuple[Tensor, Tensor],

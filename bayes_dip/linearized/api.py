@@ -92,6 +92,9 @@ class LinearizedDIP:
         subspace_rank: rank of the ``"lowrank"`` mode's observation subspace (``rank`` JVPs
             and VJPs to build).
         progress: progress bars of the structure builds (Gram matrices, subspace).
+        checkpoint_dir: folder for the low-rank subspace (``subspace.pt``, written once built;
+            a later instance for the same network, prior and rank reads it back instead of
+            building it again, e.g. when an interrupted run resumes).
     """
 
     def __init__(self, net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor,
@@ -99,7 +102,8 @@ class LinearizedDIP:
                  blocks: Sequence | None = None, dtype: torch.dtype | None = None,
                  gprior: bool = False, variance: float = 1.0, lengthscale: float = 0.1,
                  noise_variance: float = 1.0, exact_memory: int = 2 ** 30,
-                 subspace_rank: int = 400, progress: bool = False):
+                 subspace_rank: int = 400, progress: bool = False,
+                 checkpoint_dir: str | os.PathLike | None = None):
         if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
                                   or gamma < 0):
             raise ValueError(f"gamma must be None or a number >= 0, got {gamma!r}")
@@ -123,6 +127,7 @@ class LinearizedDIP:
             raise ValueError(f"subspace_rank must be a positive int, got {subspace_rank!r}")
         self.subspace_rank = subspace_rank
         self.progress = bool(progress)
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self._subspace: SubspaceCovariance | None = None
         self.evidence: EvidenceResult | None = None
         self.mode: str | None = None
@@ -177,10 +182,22 @@ class LinearizedDIP:
         hyperparameters on first use (later calls return it; see :meth:`reset_subspace`)."""
         if self._subspace is None:
             t0 = time.perf_counter()
-            gen = torch.Generator(device=self.jac.device).manual_seed(seed)
-            self._subspace = SubspaceCovariance.build(self.jac, self.model.ray_trafo,
-                                                      self.model.prior, self.subspace_rank,
-                                                      generator=gen, progress=self.progress)
+            path, key = None, None
+            if self.checkpoint_dir is not None:
+                path = os.path.join(self.checkpoint_dir, "subspace.pt")
+                key = dict(rank=self.subspace_rank, seed=seed, output=self.jac.output.detach(),
+                           theta=self.jac.theta.detach(), y=self.model.y_flat,
+                           **{name: p.detach() for name, p in
+                              self.model.prior.named_parameters()})
+                self._subspace = SubspaceCovariance.load(path, key, self.model.prior.layout,
+                                                         self.jac.device)
+            if self._subspace is None:
+                gen = torch.Generator(device=self.jac.device).manual_seed(seed)
+                self._subspace = SubspaceCovariance.build(self.jac, self.model.ray_trafo,
+                                                          self.model.prior, self.subspace_rank,
+                                                          generator=gen, progress=self.progress)
+                if path is not None:
+                    self._subspace.save(path, key)
             self.seconds["structure"] = time.perf_counter() - t0
         return self._subspace
 

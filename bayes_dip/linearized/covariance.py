@@ -292,7 +292,7 @@ class TermWeights:
     def __init__(self, terms: list[tuple[int, int]], radii: list[float], layout: WeightLayout,
                  dtype: torch.dtype = torch.float64, device: torch.device | None = None):
         gp = {d: i for i, d in enumerate(layout.gp_indices)}
-        self.terms = terms
+        self.terms, self.radii = terms, radii
         self._num_blocks = len(layout.blocks)
         self._block_idx = torch.tensor([d for d, _ in terms], device=device)
         self._gp_idx = torch.tensor([gp[d] if c >= 0 else -1 for d, c in terms], device=device)

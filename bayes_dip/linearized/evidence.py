@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bayes_dip.linalg import LowRankPreconditioner, pcg
+from bayes_dip.output_folder import atomic_write
 from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
@@ -409,10 +410,7 @@ def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.
              "optimizer": optimizer.state_dict(), "history": history,
              "generator": generator.get_state(), "precond": precond,
              "config": asdict(config), "objective": objective_terms, "seconds": seconds}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,

@@ -18,11 +18,13 @@ One evidence step costs an ``r × r`` Cholesky, so the paper's 1,500 steps take 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
 
 from bayes_dip.linalg import LowRankPreconditioner
+from bayes_dip.output_folder import atomic_write
 
 from .covariance import ImageCovariance, TermWeights, term_grams
 from .heldout import ObservationSpectrum
@@ -30,6 +32,12 @@ from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
 from .priors import WeightPrior
 
 __all__ = ["SubspaceCovariance"]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+    return a == b
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> int:
@@ -87,6 +95,28 @@ class SubspaceCovariance:
                 tail = torch.stack([g.trace() for g in probe_grams]) / tail_probes
         weights = TermWeights(terms, radii, prior.layout, f64, jac.device)
         return cls(weights, basis, grams_t, tail.clamp_min(0.0))
+
+    def save(self, path: str | os.PathLike, key: dict[str, Tensor | int]) -> None:
+        """Write the structure atomically to ``path`` with ``key``, what it was built from
+        (:meth:`load` returns it only for an equal key)."""
+        state = dict(key=key, terms=self.weights.terms, radii=self.weights.radii,
+                     basis=self.basis, grams=self.grams, tail=self.tail)
+        atomic_write(path, lambda f: torch.save(state, f))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, key: dict[str, Tensor | int],
+             layout, device: torch.device | None = None) -> "SubspaceCovariance | None":
+        """The structure saved at ``path`` for an equal ``key`` (tensors compared exactly), or
+        ``None`` when there is no such file; a file built from something else is an error."""
+        if not os.path.exists(path):
+            return None
+        state = torch.load(path, map_location=device, weights_only=False)
+        saved = state["key"]
+        if saved.keys() != key.keys() or not all(_same(saved[k], key[k]) for k in key):
+            raise ValueError(f"{os.fspath(path)!r} holds a subspace of another network, "
+                             "prior or rank; remove it or use another checkpoint folder")
+        weights = TermWeights(state["terms"], state["radii"], layout, torch.float64, device)
+        return cls(weights, state["basis"], state["grams"], state["tail"])
 
     def _parts(self, prior: WeightPrior, noise_variance: Tensor) -> tuple[Tensor, Tensor]:
         """Cholesky factor of ``B + σ² I`` and the remainder's variance ``σ² + τ/(n − r)``."""
