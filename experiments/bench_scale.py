@@ -1,21 +1,23 @@
 """Seconds and peak memory per stage of the linearised DIP as the image grows (issue 12).
 
-Each stage calls the package's own function, timed ``--reps`` times (median); the memory is
-the peak over those calls (CPU: the process's peak resident set, ``VmHWM`` reset before each
+Each stage calls the package's own function, timed ``--reps`` times (median; wall seconds, or
+with ``--clock cpu`` this process's CPU seconds, for one thread on a shared machine); the memory
+is the peak over those calls (CPU: the process's peak resident set, ``VmHWM`` reset before each
 stage; GPU: ``torch.cuda.max_memory_allocated``), so it includes everything held by then.
 
 ==================  ===========================================================================
 stage               what is timed (``k = --columns`` vmapped columns, ``r = --rank``)
 ==================  ===========================================================================
-dip_iteration       ``reconstruct_dip`` for one iteration: forward, ``‖A x − y‖²/m + γ TV``,
-                    backward, Adam step (its own ``seconds``: setup excluded)
+dip_iteration       ``reconstruct_dip`` runs of 2 and 1 iterations, the difference: forward,
+                    ``‖A x − y‖²/m + γ TV``, backward, Adam step (setup and final pass cancel)
 jvp_column          ``NetworkJacobian.jvp`` of ``k`` random columns, divided by ``k``
 vjp_column          ``NetworkJacobian.vjp`` of ``k`` random columns, divided by ``k`` (after
                     the pullback's one forward pass, built once per Jacobian)
 subspace_column     ``SubspaceCovariance.build`` at rank ``r`` (``r`` JVPs, ``r + t`` VJPs, the
                     Grams; ``t = ⌈32 r / 400⌉`` tail probes, the default ratio), divided by ``r``
-evidence_step       one ``optimize_evidence`` step, low-rank mode on that subspace (MLL: the
-                    default command's TV-PredCP term, set up by 28 JVPs per GP block, is left out)
+evidence_step       ``optimize_evidence``, low-rank mode on that subspace: runs of 11 and 1
+                    steps, the difference / 10 (MLL: the default command's TV-PredCP term, set
+                    up by 28 JVPs per GP block, is left out)
 posterior_sample    ``subspace_predictive`` with ``k`` samples less the time of its ``r``
                     products ``G = C Aᵀ U`` (both are timed in the same call), divided by ``k``
 ==================  ===========================================================================
@@ -35,6 +37,7 @@ U-Net above 32 px), with the scaling exponent of every stage's seconds in the nu
     python experiments/bench_scale.py --sizes 64,128,256,512 [--walnut]
     python experiments/bench_scale.py --quick               # 64² and 128², ~1 min on one thread
     python experiments/bench_scale.py --device cuda         # on a GPU
+    python experiments/bench_scale.py --sizes 64,128,256 --threads 1 --clock cpu  # shared CPU
 """
 from __future__ import annotations
 
@@ -62,30 +65,38 @@ from bayes_dip.dip import DIPConfig, dip_config_from_data, reconstruct_dip  # no
 from bayes_dip.linearized import (EvidenceConfig, LinearizedDIP, SubspaceCovariance,  # noqa: E402
                                   optimize_evidence, subspace_predictive)
 from bayes_dip.problem import load_problem  # noqa: E402
-from bayes_dip.runtime import set_threads  # noqa: E402
+from bayes_dip.runtime import default_threads, set_threads  # noqa: E402
 
 STAGES = ("dip_iteration", "jvp_column", "vjp_column", "subspace_column", "evidence_step",
           "posterior_sample")
 #: the default command's subspace: rank 400 with 32 tail probes
 _TAIL_PER_RANK = 32 / 400
 _GIB = 2 ** 30
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+#: evidence steps per timed difference (a step takes milliseconds)
+_EVIDENCE_STEPS = 10
 #: sizes of ``--quick`` (both with the default command's ``"128"`` U-Net)
 QUICK_SIZES = (64, 128)
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Repetitions per stage, vmapped columns per product (and samples), subspace rank."""
+    """Repetitions per stage, vmapped columns per product (and samples), subspace rank, and
+    the clock: ``"wall"`` or ``"cpu"`` (this process's CPU seconds: with one thread on a
+    shared machine, close to the wall time the machine would give alone)."""
 
     reps: int = 3
     columns: int = 4
     rank: int = 8
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         for name, minimum in (("reps", 1), ("columns", 2), ("rank", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+        if self.clock not in _CLOCKS:
+            raise ValueError(f"--clock must be one of {sorted(_CLOCKS)}, got {self.clock!r}")
 
 
 @dataclass
@@ -125,7 +136,7 @@ def walnut_problem(seed: int = 0) -> BenchProblem:
     ray_trafo = RayTransform(walnut_geometry(), backend="matrix")
     y, _ = simulate_measurement(load_dicom_slice(size=501), ray_trafo, noise_level=0.05,
                                 seed=seed)
-    config = DIPConfig(iterations=1, lr=1e-4, gamma=6.5e-6, unet="walnut", seed=seed)
+    config = DIPConfig(iterations=1500, lr=1e-4, gamma=6.5e-6, unet="walnut", seed=seed)
     return BenchProblem("walnut 501² fan 60×128", ray_trafo, y, fbp(ray_trafo, y), config)
 
 
@@ -136,35 +147,42 @@ def default_problem(size: int, seed: int = 0) -> BenchProblem:
     config, _ = dip_config_from_data(problem.ray_trafo, problem.sinogram, problem.fbp,
                                      problem.noise_std, gamma=DIPConfig().gamma, seed=seed)
     return BenchProblem(f"default {size}²", problem.ray_trafo, problem.sinogram, problem.fbp,
-                        replace(config, iterations=1, plateau_window=0))
+                        config)
 
 
 class _Meter:
     """Stage results on ``device``: median seconds of repeated calls and their peak memory;
     ``log`` gets a line per stage."""
 
-    def __init__(self, device: torch.device, problem: str, log: Callable[[str], None]):
-        self.device, self.problem, self.log = device, problem, log
+    def __init__(self, device: torch.device, clock: str, problem: str,
+                 log: Callable[[str], None]):
+        self.device, self.now, self.problem, self.log = device, _CLOCKS[clock], problem, log
         self.results: dict[str, StageResult] = {}
+        self.per_stage = True  # False where the CPU peak could not be reset (peak so far)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def wall(self, fn: Callable[[], object]) -> float:
-        """Seconds of ``fn()`` (device work included)."""
+    def elapsed(self, fn: Callable[[], object]) -> float:
+        """Seconds of ``fn()`` on the clock (device work included)."""
         self._sync()
-        start = time.perf_counter()
+        start = self.now()
         fn()
         self._sync()
-        return time.perf_counter() - start
+        return self.now() - start
+
+    def difference(self, run: Callable[[int], object], count: int) -> float:
+        """Seconds per unit of ``run(n)`` (``n`` units plus a fixed cost):
+        ``(t(1 + count) − t(1)) / count``."""
+        return (self.elapsed(lambda: run(1 + count)) - self.elapsed(lambda: run(1))) / count
 
     def stage(self, name: str, timed: Callable[[], float], reps: int) -> None:
         """Record stage ``name``: ``timed()`` returns the seconds of one repetition."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            reset_peak()
+            self.per_stage &= reset_peak()
         seconds = statistics.median(timed() for _ in range(reps))
         if self.device.type == "cuda":
             gib = torch.cuda.max_memory_allocated(self.device) / _GIB
@@ -186,7 +204,7 @@ class _CallTimer:
 
         def timed(*args, **kwargs):
             out: list = []
-            self.seconds += self.meter.wall(lambda: out.append(func(*args, **kwargs)))
+            self.seconds += self.meter.elapsed(lambda: out.append(func(*args, **kwargs)))
             self.calls += 1
             return out[0]
 
@@ -201,52 +219,51 @@ def bench_problem(problem: BenchProblem, settings: BenchSettings, device: torch.
                   log: Callable[[str], None] = print) -> dict[str, StageResult]:
     """Every stage of :data:`STAGES` on ``problem`` (module docs); ``log`` gets a line per
     stage."""
-    meter = _Meter(device, problem.name, log)
+    meter = _Meter(device, settings.clock, problem.name, log)
     k, rank, reps = settings.columns, settings.rank, settings.reps
     ray_trafo = problem.ray_trafo.to(device)
     y, net_input = problem.y.to(device), problem.net_input.to(device)
     dips = []
 
-    def dip_iteration() -> float:
-        dips[:] = [reconstruct_dip(ray_trafo, y, net_input=net_input, config=problem.config,
-                                   progress=False)]
-        return dips[0].seconds
+    def dip_run(iterations: int) -> None:
+        dips[:] = [reconstruct_dip(ray_trafo, y, net_input=net_input, progress=False,
+                                   config=replace(problem.config, iterations=iterations))]
 
-    meter.stage("dip_iteration", dip_iteration, reps)
+    meter.stage("dip_iteration", lambda: meter.difference(dip_run, 1), reps)
     lin = LinearizedDIP(dips[0].net, dips[0].net_input, ray_trafo, y, gamma=problem.config.gamma)
     del dips
     jac, model = lin.jac, lin.model
     gen = torch.Generator(device=device).manual_seed(0)
     v = torch.randn(jac.num_params, k, generator=gen, dtype=jac.dtype, device=device)
     u = torch.randn(jac.num_pixels, k, generator=gen, dtype=jac.dtype, device=device)
-    meter.stage("jvp_column", lambda: meter.wall(lambda: jac.jvp(v)) / k, reps)
+    meter.stage("jvp_column", lambda: meter.elapsed(lambda: jac.jvp(v)) / k, reps)
     jac.vjp(u[:, 0])  # builds the pullback (one forward pass per Jacobian), held from here on
-    meter.stage("vjp_column", lambda: meter.wall(lambda: jac.vjp(u)) / k, reps)
+    meter.stage("vjp_column", lambda: meter.elapsed(lambda: jac.vjp(u)) / k, reps)
     del v, u
     tail = math.ceil(_TAIL_PER_RANK * rank)
     subspaces = []
 
     def build() -> float:
         subspaces.clear()  # free the previous one before building the next
-        return meter.wall(lambda: subspaces.append(SubspaceCovariance.build(
+        return meter.elapsed(lambda: subspaces.append(SubspaceCovariance.build(
             jac, ray_trafo, model.prior, rank, tail_probes=tail, batch_size=k,
             generator=gen))) / rank
 
     meter.stage("subspace_column", build, reps)
     subspace = subspaces[0]
-    evidence = EvidenceConfig(mode="lowrank", steps=1, progress=False)
 
-    def evidence_step() -> float:
-        with warnings.catch_warnings():  # one step never "converges"
+    def evidence_run(steps: int) -> None:
+        with warnings.catch_warnings():  # a few steps never "converge"
             warnings.simplefilter("ignore", RuntimeWarning)
-            return optimize_evidence(model, evidence, structured=subspace).seconds
+            optimize_evidence(model, EvidenceConfig(mode="lowrank", steps=steps, progress=False),
+                              structured=subspace)
 
-    meter.stage("evidence_step", evidence_step, reps)
+    meter.stage("evidence_step", lambda: meter.difference(evidence_run, _EVIDENCE_STEPS), reps)
     spectrum = subspace.spectrum(model.prior, float(model.noise_variance.detach()))
 
     def sample() -> float:
         with _CallTimer(model.image_cov, "matmul", meter) as products:
-            total = meter.wall(lambda: subspace_predictive(
+            total = meter.elapsed(lambda: subspace_predictive(
                 model, spectrum, k, mean="dip", image_noise=0.0, batch_size=k, generator=gen))
         if products.calls == 0:
             raise RuntimeError("subspace_predictive no longer forms G through "
@@ -254,6 +271,8 @@ def bench_problem(problem: BenchProblem, settings: BenchSettings, device: torch.
         return (total - products.seconds) / k
 
     meter.stage("posterior_sample", sample, reps)
+    if not meter.per_stage:
+        log("[bench_scale] the peak resident set could not be reset: GiB are peaks so far")
     return meter.results
 
 
@@ -274,10 +293,14 @@ class BenchTable:
     names: list[str]
     rows: list[dict[str, StageResult]]
     exponents: dict[str, float] | None
+    device: torch.device
+    clock: str
 
     def markdown(self) -> str:
         """One row per problem with ``seconds / GiB`` per stage, then the exponents."""
-        lines = ["| problem | " + " | ".join(f"{s} s / GiB" for s in STAGES) + " |",
+        memory = "CUDA max allocated" if self.device.type == "cuda" else "peak resident set"
+        lines = [f"{self.clock} seconds per unit / GiB ({memory}) on {self.device}", "",
+                 "| problem | " + " | ".join(f"{s} s / GiB" for s in STAGES) + " |",
                  "|---|" + "---|" * len(STAGES)]
         for name, row in zip(self.names, self.rows):
             cells = [f"{row[s].seconds:.3g} / {row[s].gib:.2f}" for s in STAGES]
@@ -297,8 +320,10 @@ def check_sizes(sizes: list[int]) -> list[int]:
 
 def run_benchmark(sizes: list[int], settings: BenchSettings, device: torch.device,
                   walnut: bool = False, log: Callable[[str], None] = print) -> BenchTable:
-    """The default problem at each of ``sizes``, then (``walnut``) the Walnut problem."""
+    """The default problem at each of ``sizes``, then (``walnut``) the Walnut problem; a 16²
+    run first, not reported, takes the one-off costs of first calls (library set-up)."""
     sizes = check_sizes(sizes)
+    bench_problem(default_problem(16), replace(settings, reps=1), device, log=lambda _: None)
     names, rows = [], []
     for size in sizes + ([None] if walnut else []):
         problem = walnut_problem() if size is None else default_problem(size)
@@ -308,7 +333,7 @@ def run_benchmark(sizes: list[int], settings: BenchSettings, device: torch.devic
         log(f"[bench_scale] {problem.name}: {time.perf_counter() - start:.0f} s")
     exponents = scaling_exponents([s * s for s in sizes], rows[:len(sizes)]) \
         if len(sizes) >= 2 else None
-    return BenchTable(names, rows, exponents)
+    return BenchTable(names, rows, exponents, device, settings.clock)
 
 
 def _sizes(text: str) -> list[int]:
@@ -330,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, help="repetitions per stage (3; --quick 2)")
     parser.add_argument("--columns", type=int, help="vmapped columns / samples per call (4)")
     parser.add_argument("--rank", type=int, help="subspace rank (8; --quick 4)")
+    parser.add_argument("--clock", choices=sorted(_CLOCKS),
+                        help="wall (default) or cpu: this process's CPU seconds, for one "
+                             "thread on a shared machine")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int,
                         help="torch/BLAS threads (default: $OMP_NUM_THREADS, else all CPUs)")
@@ -346,11 +374,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick and args.sizes:
         parser.error("--quick: runs its own sizes; leave out --sizes")
     defaults = BenchSettings(reps=2, rank=4) if args.quick else BenchSettings()
-    given = {k: getattr(args, k) for k in ("reps", "columns", "rank")
+    given = {k: getattr(args, k) for k in ("reps", "columns", "rank", "clock")
              if getattr(args, k) is not None}
     try:
         settings = replace(defaults, **given)
-        threads = set_threads(args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
+    threads = default_threads() if args.threads is None else args.threads
+    if settings.clock == "cpu" and (threads != 1 or device.type != "cpu"):
+        parser.error(f"--clock: cpu needs --threads 1 on --device cpu, got {threads} thread(s) "
+                     f"on {device}")
+    try:
+        set_threads(threads)
     except ValueError as exc:
         parser.error(str(exc))
     sizes = list(QUICK_SIZES) if args.quick else args.sizes
