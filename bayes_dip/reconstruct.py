@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from bayes_dip.problem import CTProblem, load_problem
 from bayes_dip.baselines import (DEFAULT_DROPOUT_P, DEFAULT_NUM_SAMPLES, dip_evidence_predictive,
                                  fit_mcdo, mcdo_predictive)
 from bayes_dip.linearized import LinearizedDIP, image_noise_variance
-from bayes_dip.metrics import coverage_curve, log_likelihood_diagonal, std_error_correlation
+from bayes_dip.metrics import pixel_calibration, std_error_correlation
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels, plot_z_scores
 
 __all__ = ["run_reconstruct", "default_dip_config", "METHODS"]
@@ -253,20 +252,11 @@ def _uncertainty_metrics(result: Uncertainty, problem: CTProblem,
         gt64 = gt.to(torch.float64)
         mean, std = result.mean.cpu().double(), result.std.cpu().double()
         out["test_log_likelihood_per_pixel"] = result.log_likelihood(gt64)
-        out.update(_pixel_calibration(mean, std, gt64))
+        out.update(pixel_calibration(mean, std, gt64))
         out["spearman_std_error"] = std_error_correlation(mean, std, gt64).spearman
         # the same std map about the DIP output: what the predictive mean changes
-        out["about_dip_output"] = _pixel_calibration(dip_recon.cpu().double(), std, gt64)
+        out["about_dip_output"] = pixel_calibration(dip_recon.cpu().double(), std, gt64)
     return out
-
-
-def _pixel_calibration(mean: torch.Tensor, std: torch.Tensor, gt: torch.Tensor) -> dict:
-    """Pixelwise Gaussian log-likelihood, the oracle ``N(mean, RMSE²)``'s, 68/95 % coverage."""
-    rmse = float((mean - gt).square().mean().sqrt())
-    curve = coverage_curve(mean, std, gt, levels=(0.68, 0.95))
-    return dict(pixel_log_likelihood=log_likelihood_diagonal(mean, std, gt),
-                oracle_log_likelihood_per_pixel=-0.5 * math.log(2 * math.pi * rmse ** 2) - 0.5,
-                coverage={f"{lvl:.2f}": float(c) for lvl, c in zip(curve.levels, curve.coverage)})
 
 
 def _figure(problem: CTProblem, label: str, recon: torch.Tensor, std: torch.Tensor | None,

@@ -33,6 +33,7 @@ from bayes_dip.metrics.log_likelihood import (
     log_likelihood_patchwise,
     patch_covariances_from_samples,
 )
+from bayes_dip.metrics.summary import pixel_calibration
 
 __all__ = [
     "psnr", "ssim",
@@ -43,4 +44,5 @@ __all__ = [
     "SparsificationCurve", "sparsification_curve", "ause",
     "StdErrorCorrelation", "std_error_correlation",
     "z_scores", "ZScoreHistogram", "z_score_histogram", "QQData", "qq_data",
+    "pixel_calibration",
 ]
