@@ -2,31 +2,16 @@
 power law, the Walnut geometry and network sizes, and one clear error per bad argument."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from repo_scripts import load_script
 from bayes_dip.dip import unet_preset
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _load_script():
-    name = "bayes_dip_experiments_bench_scale"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "bench_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("experiments/bench_scale.py")
 
 
 def test_quick_path_times_every_stage_at_tiny_sizes():

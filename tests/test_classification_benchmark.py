@@ -2,30 +2,19 @@
 smoke run on scikit-learn's digits (tiny MLP, three methods, table and reliability PNG)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from repo_scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    name = "bayes_dip_experiments_classification_benchmark"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "classification_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)  # puts experiments/ on sys.path for the helper package
-    return module
-
-
-bench = _load_script()
+bench = load_script("experiments/classification_benchmark.py")  # puts experiments/ on sys.path
 from classification import datasets, metrics  # noqa: E402
 from classification.methods import MethodSpec, fit_method, predict_probs  # noqa: E402
 from classification.models import TrainConfig, build_model, load_or_train  # noqa: E402

@@ -1,25 +1,18 @@
 """data_scripts: MD5 table matches the official KMNIST bytes; conversion helpers round-trip."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pydicom
 import pytest
 import scipy.io
 
+from repo_scripts import load_script
 from bayes_dip.data import default_dicom_path, load_htc2022, load_image
 from bayes_dip.data.dicom import read_dicom_attenuation
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "data_scripts"
-
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"data_scripts/{name}.py")
 
 
 def test_kmnist_md5_table_matches_data(data_root, capsys):

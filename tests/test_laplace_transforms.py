@@ -2,15 +2,13 @@
 "weight example" (μ, σ with σ ~ Uniform(0.5, 5.5)) against the exact grid posterior."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from scipy import integrate
 
+from repo_scripts import load_script
 from bayes_dip.laplace.transforms import (
     IdentityTransform,
     LogitTransform,
@@ -20,21 +18,11 @@ from bayes_dip.laplace.transforms import (
 )
 
 DT = torch.float64
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_weight_example():
-    name = "bayes_dip_experiments_weight_example"
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "weight_example.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def weight_example():
-    return _load_weight_example()
+    return load_script("experiments/weight_example.py")
 
 
 @pytest.mark.parametrize("transform", [IdentityTransform(), LogTransform(), LogTransform(low=-2.0),
