@@ -277,12 +277,18 @@ def bench_problem(problem: BenchProblem, settings: BenchSettings, device: torch.
 
 
 def scaling_exponents(pixels: list[int], rows: list[dict[str, StageResult]]) -> dict[str, float]:
-    """Per stage, the slope ``p`` of ``log seconds ≈ p log pixels + c`` (least squares)."""
+    """Per stage, the slope ``p`` of ``log seconds ≈ p log pixels + c`` (least squares); NaN
+    where a time is not positive (a stage timed as a difference of two runs that came out
+    below the clock's noise)."""
     if len(pixels) < 2:
         raise ValueError("sizes: the scaling exponent needs at least two sizes")
     x = np.log(np.asarray(pixels, dtype=np.float64))
-    return {stage: float(np.polyfit(x, np.log([row[stage].seconds for row in rows]), 1)[0])
-            for stage in STAGES}
+    out = {}
+    for stage in STAGES:
+        seconds = np.asarray([row[stage].seconds for row in rows])
+        out[stage] = float(np.polyfit(x, np.log(seconds), 1)[0]) if (seconds > 0).all() \
+            else float("nan")
+    return out
 
 
 @dataclass
