@@ -4,11 +4,13 @@ For each development case (the cases of ``calibration_benchmark.py``) one data-d
 trained (checkpointed under ``--out``), then the linearised DIP's hyperparameters are fitted
 in each variant and the default std map is scored against the ground truth:
 
-* ``tvmap``: TV-MAP type-II ML, σ_y² learnt from the noise estimate (the command's default);
+* ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (0.1), σ_y² learnt from the
+  noise estimate (the command's default); ``tvmap<S>``: at scale ``S`` (``tvmap1``: the paper's);
 * ``mll``: plain type-II ML (``--predcp-scale 0``);
-* ``tvmap-fixed`` / ``mll-fixed``: σ_y² held at the known (simulated) noise variance.
+* a ``-fixed`` suffix: σ_y² held at the known (simulated) noise variance.
 
-    python experiments/evidence_variants.py --cases cranium_s030,CT_small --variants tvmap,mll
+    python experiments/evidence_variants.py --cases cranium_s030,CT_small \
+        --variants tvmap1,tvmap0.3,tvmap,mll
 
 Prints one row per (case, variant): coverage of the 68 % / 95 % intervals about the DIP
 output, pixel log-likelihood vs the oracle ``N(x̂, RMSE²)``, Spearman(std, |error|), the
@@ -31,9 +33,27 @@ from bayes_dip.problem import load_problem
 from bayes_dip.reconstruct import default_dip_config
 from bayes_dip.runtime import set_threads
 
-VARIANTS = ("tvmap", "mll", "tvmap-fixed", "mll-fixed")
+VARIANTS = ("tvmap", "mll", "tvmap-fixed", "mll-fixed")  # and tvmap<S>[-fixed]
 HEADER = ("| case | variant | σ_y² / noise² | steps | cov 68 | cov 95 | LL/px | oracle | "
           "Spearman | held-out z² | s |\n|" + "---|" * 11)
+
+
+def _predcp_scale(variant: str) -> float | None:
+    """The PredCP scale of a variant name (``None``: plain MLL); ``ValueError`` if unknown."""
+    base = variant.removesuffix("-fixed")
+    if base == "mll":
+        return None
+    if base == "tvmap":
+        return RECONSTRUCT_DEFAULTS["predcp_scale"]
+    if base.startswith("tvmap"):
+        try:
+            scale = float(base[5:])
+        except ValueError:
+            scale = -1.0
+        if scale > 0:
+            return scale
+    raise ValueError(f"--variants: unknown {variant!r}; choose from {', '.join(VARIANTS)} "
+                     "or tvmap<scale>[-fixed]")
 
 
 def _row(name: str, variant: str, problem, dip, config, derived, seed: int) -> str:
@@ -42,7 +62,7 @@ def _row(name: str, variant: str, problem, dip, config, derived, seed: int) -> s
     lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, problem.sinogram,
                         recon=dip.recon, gamma=config.gamma, noise_variance=noise_var)
     evidence = lin.optimize_hyperparameters(
-        "auto", None if variant.startswith("mll") else 1.0, seed=seed, progress=False,
+        "auto", _predcp_scale(variant), seed=seed, progress=False,
         stop_when_converged=True, learn_noise_variance=not variant.endswith("fixed"))
     heldout = lin.heldout("angle") if lin.mode != "stochastic" else None
     result = lin.estimate_uncertainty(mean="dip", seed=seed)
@@ -68,9 +88,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    for variant in variants:
+        try:
+            _predcp_scale(variant)
+        except ValueError as exc:
+            parser.error(str(exc))
     set_threads(args.threads)
     rows = []
     for name, given in _cases(Path(args.data)).items():
