@@ -32,7 +32,7 @@ sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "image_scrapers": ("matplotlib", "gallery_scraper.package_figures"),
+    "image_scrapers": ("gallery_scraper.package_figures", "matplotlib"),
     "expected_failing_examples": ([] if os.environ.get("BAYES_DIP_DATA") and _HTC2022_SCAN.is_file()
                                   else ["../examples/plot_htc2022_real_scan.py"]),
     "remove_config_comments": True,

@@ -1,8 +1,8 @@
 """Gallery image scraper for the Figures of ``bayes_dip.viz``.
 
 They are built without pyplot, so sphinx-gallery's matplotlib scraper does not see them;
-this one saves those that a code block left in the example's globals (each once; pyplot's
-own figures are left to the matplotlib scraper).
+this one saves those that a code block left in the example's globals, each once. It runs
+before the matplotlib scraper, which saves (and closes) the figures that pyplot manages.
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ def package_figures(block: Any, block_vars: dict[str, Any], gallery_conf: dict[s
 
     paths = []
     for value in list(block_vars["example_globals"].values()):
-        if isinstance(value, Figure) and value.canvas.manager is None \
-                and not getattr(value, "_gallery_shown", False):
+        if not isinstance(value, Figure) or getattr(value, "_gallery_shown", False):
+            continue
+        value._gallery_shown = True
+        if value.canvas.manager is None:  # not a pyplot figure
             path = next(block_vars["image_path_iterator"])
             value.savefig(path, dpi=100)
-            value._gallery_shown = True
             paths.append(path)
     return figure_rst(paths, gallery_conf["src_dir"])
