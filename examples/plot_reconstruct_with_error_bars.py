@@ -50,8 +50,8 @@ print(f"γ = {config.gamma:.2e}; PSNR: FBP {psnr(problem.fbp, x):.1f} dB, "
 # ----------------------------------
 # At 32² the exact evidence applies: ``K_yy`` is assembled from precomputed Gram matrices
 # and each hyperparameter step is one Cholesky factorisation. ``predcp_scale=0.1`` adds the
-# TV-PredCP hyperprior (TV-MAP) at the command line's scale. 100 steps do not converge (a warning says so); the CLI
-# runs 1,500.
+# TV-PredCP hyperprior (TV-MAP) at the command line's scale. 100 steps do not converge (a
+# warning says so); the CLI runs 1,500.
 lin = LinearizedDIP(dip.net, dip.net_input, A, problem.sinogram, gamma=config.gamma,
                     noise_variance=how["noise_std"] ** 2)
 lin.optimize_hyperparameters("auto", predcp_scale=0.1, steps=100, progress=False)
