@@ -12,7 +12,7 @@ in each variant and the default std map is scored against the ground truth:
     python experiments/evidence_variants.py --cases cranium_s030,CT_small \
         --variants tvmap1,tvmap0.3,tvmap,mll
 
-Prints one row per (case, variant): coverage of the 68 % / 95 % intervals about the DIP
+Prints one row per (case, variant): PSNR of FBP and of the DIP, coverage of the 68 % / 95 % intervals about the DIP
 output, pixel log-likelihood vs the oracle ``N(x̂, RMSE²)``, Spearman(std, |error|), the
 held-out (leave-one-angle-out) ``z²`` and the evidence's σ_y² against the noise variance used.
 """
@@ -28,14 +28,14 @@ from calibration_benchmark import _cases
 from bayes_dip.cli import RECONSTRUCT_DEFAULTS
 from bayes_dip.dip import reconstruct_dip
 from bayes_dip.linearized import LinearizedDIP
-from bayes_dip.metrics import pixel_calibration, std_error_correlation
+from bayes_dip.metrics import pixel_calibration, psnr, std_error_correlation
 from bayes_dip.problem import load_problem
 from bayes_dip.reconstruct import default_dip_config
 from bayes_dip.runtime import set_threads
 
 VARIANTS = ("tvmap", "mll", "tvmap-fixed", "mll-fixed")  # and tvmap<S>[-fixed]
-HEADER = ("| case | variant | σ_y² / noise² | steps | cov 68 | cov 95 | LL/px | oracle | "
-          "Spearman | held-out z² | s |\n|" + "---|" * 11)
+HEADER = ("| case | FBP dB | DIP dB | variant | σ_y² / noise² | steps | cov 68 | cov 95 | LL/px | "
+          "oracle | Spearman | held-out z² | s |\n|" + "---|" * 13)
 
 
 def _predcp_scale(variant: str) -> float | None:
@@ -67,9 +67,11 @@ def _row(name: str, variant: str, problem, dip, config, derived, seed: int) -> s
     heldout = lin.heldout("angle") if lin.mode != "stochastic" else None
     result = lin.estimate_uncertainty(mean="dip", seed=seed)
     gt = problem.ground_truth
+    data_range = float(gt.max() - gt.min())
+    quality = [f"{psnr(x, gt, data_range=data_range):.2f}" for x in (problem.fbp, dip.recon)]
     cal = pixel_calibration(result.mean, result.std, gt)
     rho = std_error_correlation(result.mean.double(), result.std.double(), gt.double()).spearman
-    cells = [name, variant, f"{evidence.noise_variance / noise_var:.2f}", str(evidence.steps),
+    cells = [name, *quality, variant, f"{evidence.noise_variance / noise_var:.2f}", str(evidence.steps),
              f"{cal['coverage']['0.68']:.2f}", f"{cal['coverage']['0.95']:.2f}",
              f"{cal['pixel_log_likelihood']:.2f}",
              f"{cal['oracle_log_likelihood_per_pixel']:.2f}", f"{rho:.2f}",
