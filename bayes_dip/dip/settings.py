@@ -16,11 +16,9 @@ can drift on images with large flat areas (TV reconstructions then flatten furth
 :func:`dip_config_from_data` adds a plateau-based budget: Adam runs until the lowest loss
 improves by less than 0.5 % over 200 iterations (at most :data:`MAX_ITERATIONS`), instead of
 a count tuned on one image — under-fitted DIPs were the main cause of intervals that missed.
-It also backtracks a diverged Adam run (``DIPConfig.backtrack_factor = 2``: a loss above twice
-the lowest so far restores the best iterate at half the learning rate). At these learning
-rates Adam occasionally blows up late in training — on the 64² head slice s025 the loss jumped
-from 0.42 to 7.0 at iteration ~850 and the plateau rule then ended the run at its best iterate
-while the image was still improving by 0.3 dB per 100 iterations.
+Backtracking after an Adam blow-up (``DIPConfig.backtrack_factor = 2``) is available but off:
+it rescued the 64² head slice s025 (24.0 → 25.2 dB) but its halved learning rates cost
+0.3–1.6 dB at the 2,000-iteration cap on headsq s035/s055/s065 and KMNIST 1/5.
 """
 from __future__ import annotations
 
@@ -92,7 +90,7 @@ def dip_config_from_data(ray_trafo, y: Tensor, x0: Tensor, noise_std: float | No
     to 32 px and the ``"128"`` U-Net (GroupNorm; 3e-3 after 100 steps) above — at 64² the
     un-normalised ``"kmnist"`` U-Net got stuck far below FBP on a real head slice (20.9 dB
     against FBP's 30.6; 29.0 dB at lr 1e-3) where the ``"128"`` U-Net reached 31.6 dB — and
-    the plateau budget with backtracking after divergence.
+    the plateau budget.
     ``overrides`` that are not ``None`` replace fields. Returns the config and a record of
     how it was derived (noise std used and estimated)."""
     estimated = estimate_noise_std(y)
@@ -107,7 +105,7 @@ def dip_config_from_data(ray_trafo, y: Tensor, x0: Tensor, noise_std: float | No
     config = DIPConfig(iterations=MAX_ITERATIONS, lr=2e-3 if small else 3e-3,
                        lr_warmup=200 if small else 100, gamma=gamma,
                        unet="kmnist" if small else "128", plateau_window=200,
-                       plateau_tol=0.005, backtrack_factor=2.0)
+                       plateau_tol=0.005)
     config = DIPConfig.from_dict({**config.to_dict(), **given})
     return config, dict(noise_std=sigma, noise_std_estimated=estimated,
                         noise_std_known=noise_std is not None, gamma_rule=rule)
