@@ -54,7 +54,7 @@ prints the command that resumes; rerunning the same command resumes from them,
 RECONSTRUCT_DEFAULTS: dict = dict(
     image=None, kmnist=None, htc2022=None, data_root=None, size=None, angles=30, noise=0.05,
     iterations=None, gamma=None, lr=None, device="cpu", seed=0, out="outputs/reconstruct",
-    quiet=False, uncertainty=True, method="lin-dip", evidence="auto", evidence_steps=None,
+    quiet=False, uncertainty=True, method="lin-dip-tvmap", evidence="auto", evidence_steps=None,
     predcp_scale=0.1, samples=16, mcdo_samples=None, mean="dip", calibrate="none",
 )
 
@@ -108,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     unc = rec.add_argument_group("uncertainty")
     unc.add_argument("--no-uncertainty", dest="uncertainty", action="store_false", default=None,
                      help="reconstruction only")
-    unc.add_argument("--method", choices=("lin-dip", "mcdo", "dip"),
-                     help="lin-dip: linearised DIP (default); mcdo: MC-dropout DIP; "
-                          "dip: DIP with a homoscedastic evidence-optimised variance")
+    unc.add_argument("--method",
+                     help="a method of the registry that calibration studies use (one image): "
+                          "lin-dip-tvmap (default) / lin-dip-mll: linearised DIP, evidence with "
+                          "/ without the TV-PredCP hyperprior; mcdo: MC-dropout DIP; "
+                          "dip-evidence / dip: DIP with a homoscedastic variance, evidence-"
+                          "optimised / sigma_y^2 = 1")
     unc.add_argument("--evidence", choices=("auto", "exact", "lowrank", "stochastic"),
                      help="evidence of the linearised DIP: exact (small images), lowrank "
                           "(rank-400 observation subspace; large images) or stochastic "
@@ -118,13 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     unc.add_argument("--evidence-steps", type=int,
                      help="evidence optimisation steps (default: by mode)")
     unc.add_argument("--predcp-scale", type=float,
-                     help="TV-PredCP hyperprior scale (TV-MAP; default 0.1, the paper's 1 made "
-                          "intervals too narrow on unseen head slices); 0 for plain MLL")
+                     help="TV-PredCP hyperprior scale of lin-dip-tvmap (default 0.1, the "
+                          "paper's 1 made intervals too narrow on unseen head slices)")
     unc.add_argument("--mean", choices=("dip", "posterior"),
-                     help="predictive mean of lin-dip: the DIP output (default) or the "
+                     help="predictive mean of lin-dip-*: the DIP output (default) or the "
                           "linearised posterior mean (helps an under-fitted DIP)")
     unc.add_argument("--calibrate", choices=("heldout", "none"),
-                     help="lin-dip: keep the evidence's hyperparameters (default), or scale "
+                     help="lin-dip-*: keep the evidence's hyperparameters (default), or scale "
                           "prior and noise so that the leave-one-angle-out predictive of the "
                           "measurements is calibrated (it made pixel intervals too narrow on "
                           "real head slices)")
@@ -173,17 +176,20 @@ def _merge_settings(args: argparse.Namespace, defaults: dict) -> tuple[dict, set
 _APPLICABILITY = (
     ("data_root", lambda s: s["kmnist"] is not None, "--kmnist"),
     ("method", lambda s: s["uncertainty"], "uncertainty runs"),
-    ("samples", lambda s: s["uncertainty"] and s["method"] != "dip",
-     "--method lin-dip and mcdo"),
-    ("evidence", lambda s: s["uncertainty"] and s["method"] == "lin-dip", "--method lin-dip"),
-    ("evidence_steps", lambda s: s["uncertainty"] and s["method"] == "lin-dip",
-     "--method lin-dip"),
-    ("predcp_scale", lambda s: s["uncertainty"] and s["method"] == "lin-dip",
-     "--method lin-dip"),
+    ("samples", lambda s: s["uncertainty"] and s["method"] not in ("dip", "dip-evidence"),
+     "--method lin-dip-* and mcdo"),
+    ("evidence", lambda s: _linearized(s), "--method lin-dip-*"),
+    ("evidence_steps", lambda s: _linearized(s), "--method lin-dip-*"),
+    ("predcp_scale", lambda s: s["uncertainty"] and s["method"] == "lin-dip-tvmap",
+     "--method lin-dip-tvmap"),
     ("mcdo_samples", lambda s: s["uncertainty"] and s["method"] == "mcdo", "--method mcdo"),
-    ("mean", lambda s: s["uncertainty"] and s["method"] == "lin-dip", "--method lin-dip"),
-    ("calibrate", lambda s: s["uncertainty"] and s["method"] == "lin-dip", "--method lin-dip"),
+    ("mean", lambda s: _linearized(s), "--method lin-dip-*"),
+    ("calibrate", lambda s: _linearized(s), "--method lin-dip-*"),
 )
+
+
+def _linearized(settings: dict) -> bool:
+    return settings["uncertainty"] and settings["method"].startswith("lin-dip")
 
 
 def _option(key: str) -> str:
@@ -199,6 +205,10 @@ def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
             verb = "does" if len(misplaced) == 1 else "do"
             raise ValueError(f"{'/'.join(misplaced)} {verb} not apply to --htc2022: a measured "
                              "scan has its own angles and noise; remove them")
+    from bayes_dip.studies.methods import METHODS
+    if settings["method"] not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, "
+                         f"got {settings['method']!r}")
     for key, applies, where in _APPLICABILITY:
         if key in given and not applies(settings):
             warnings.warn(f"{_option(key)} applies to {where} only; ignored")
@@ -231,17 +241,21 @@ def _partial_progress(partial: Path) -> str:
     if dip is not None:
         parts.append(f"DIP iteration {dip['iteration']} of {dip['config']['iterations']} "
                      f"with its best iterate ({int(dip['best_iteration'])})")
+    mcdo = load_checkpoint(partial / "mcdo")
+    if mcdo is not None:
+        parts.append(f"MC-dropout DIP iteration {mcdo['iteration']} of "
+                     f"{mcdo['config']['iterations']}")
     if (partial / "subspace.pt").is_file():
         parts.append("the low-rank subspace")
-    evidence = partial / "evidence.pt"
-    if evidence.is_file():
+    for evidence in sorted(partial.glob("evidence-*.pt")):
         state = torch.load(evidence, map_location="cpu", weights_only=False)
         parts.append(f"evidence step {state['step']} of {state['config']['steps']}")
     return ", ".join(parts)
 
 
 #: checkpoint files of run_reconstruct inside <out>.partial/
-_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "subspace.pt", "evidence.pt")
+_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "mcdo/dip_checkpoint.pt", "subspace.pt",
+                     "evidence-*.pt")
 #: settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("quiet",)
 
@@ -289,7 +303,7 @@ def _reconstruct(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"nothing saved; rerun with: {command}", file=sys.stderr)
         return 128 + (last_signal() or signal.SIGINT)
     except BaseException:
-        if not any((partial / name).is_file() for name in _CHECKPOINT_FILES):
+        if not any(any(partial.glob(name)) for name in _CHECKPOINT_FILES):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(partial, ignore_errors=True)

@@ -6,7 +6,7 @@ in each variant and the default std map is scored against the ground truth:
 
 * ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (0.1), σ_y² learnt from the
   noise estimate (the command's default); ``tvmap<S>``: at scale ``S`` (``tvmap1``: the paper's);
-* ``mll``: plain type-II ML (``--predcp-scale 0``);
+* ``mll``: plain type-II ML (``--method lin-dip-mll``);
 * a ``-fixed`` suffix: σ_y² held at the known (simulated) noise variance.
 
     python experiments/evidence_variants.py --cases cranium_s030,CT_small \

@@ -120,7 +120,7 @@ def test_bad_numbers(capsys, tmp_path, args, expect):
     _fails_cleanly(capsys, tmp_path, *args, expect=expect)
 
 
-@pytest.mark.parametrize("method", ["lin-dip", "mcdo", "dip"])
+@pytest.mark.parametrize("method", ["lin-dip-tvmap", "lin-dip-mll", "mcdo", "dip-evidence", "dip"])
 def test_uncertainty_methods(capsys, tmp_path, data_root, method):
     out = tmp_path / method
     code, stdout, err = _run(capsys, "--kmnist", "0", "--data-root", str(data_root), "--angles", "10",
@@ -134,8 +134,10 @@ def test_uncertainty_methods(capsys, tmp_path, data_root, method):
     assert np.isfinite(unc["test_log_likelihood_per_pixel"])
     assert 0 <= unc["coverage"]["0.68"] <= unc["coverage"]["0.95"] <= 1
     assert (out / "error_vs_std.png").is_file()
-    if method != "dip":
+    if method.startswith("lin-dip") or method == "mcdo":
         assert np.load(out / "samples.npy").shape[1:] == (28, 28)
+    else:  # homoscedastic: no samples
+        assert not (out / "samples.npy").exists()
 
 
 def test_lowrank_evidence(capsys, tmp_path, data_root):
@@ -145,7 +147,7 @@ def test_lowrank_evidence(capsys, tmp_path, data_root):
                         "--samples", "4", "--out", str(out), "--quiet")
     assert code == 0, err
     unc = json.loads((out / "metrics.json").read_text())["uncertainty"]
-    assert unc["mode"] == "lowrank" and unc["prior"] == "TV-MAP"
+    assert unc["mode"] == "lowrank" and unc["method"] == "Linearised DIP (TV-MAP)"
     assert np.isfinite(unc["test_log_likelihood_per_pixel"])
     assert (np.load(out / "std.npy") > 0).all()
 
@@ -253,7 +255,7 @@ def test_threads_and_inapplicable_options_warn(capsys, tmp_path, data_root):
     assert code == 0, err
     assert torch.get_num_threads() == 1
     warning = [line for line in err.splitlines() if "warning" in line]
-    assert warning == ["bayes-dip: warning: --evidence-steps applies to --method lin-dip only; "
+    assert warning == ["bayes-dip: warning: --evidence-steps applies to --method lin-dip-* only; "
                        "ignored"]
     assert not (tmp_path / "run.partial").exists()  # checkpoints go once the run is done
     code, _, err = _run(capsys, "--image", str(tmp_path / "x.png"), "--data-root", str(data_root),

@@ -11,7 +11,7 @@ import torch
 
 from bayes_dip.metrics import log_likelihood_diagonal, log_likelihood_full
 from bayes_dip.studies import MetricsOptions, Prediction
-from bayes_dip.studies.evaluate import evaluate_prediction, gallery_samples, predictive_log_likelihood
+from bayes_dip.studies.evaluate import evaluate_prediction
 from bayes_dip.studies.store import ResultStore, fingerprint
 from bayes_dip.studies.table import aggregate, per_image_csv, table_csv, table_markdown
 
@@ -31,7 +31,7 @@ def test_full_covariance_is_preferred_and_exact():
     mean, cov, gt, _ = _gaussian()
     std = cov.diagonal().sqrt().reshape(mean.shape)
     pred = Prediction(mean=mean, std=std, covariance=cov)
-    ll, kind, _ = predictive_log_likelihood(pred, gt, MetricsOptions())
+    ll, kind, _ = pred.log_likelihood(gt)
     assert kind == "full"
     assert ll == pytest.approx(log_likelihood_full(mean, cov, gt).per_pixel, rel=1e-12)
     # closed form of the multivariate normal density
@@ -45,7 +45,7 @@ def test_independent_pixels_use_the_diagonal_as_full():
     mean, _, gt, _ = _gaussian()
     std = torch.full_like(mean, 0.3)
     pred = Prediction(mean=mean, std=std, independent_pixels=True)
-    ll, kind, _ = predictive_log_likelihood(pred, gt, MetricsOptions())
+    ll, kind, _ = pred.log_likelihood(gt)
     assert kind == "full"
     full = log_likelihood_full(mean, 0.09 * torch.eye(36, dtype=torch.float64), gt).per_pixel
     assert ll == pytest.approx(full, rel=1e-10)
@@ -59,21 +59,21 @@ def test_samples_give_full_sample_covariance_only_with_many_samples():
     samples = samples.T.reshape(-1, 1, 4, 4)
     std = samples.std(0, keepdim=True)
     many = Prediction(mean=mean, std=std, samples=samples)
-    ll, kind, _ = predictive_log_likelihood(many, gt, MetricsOptions(patch_size=2))
+    ll, kind, _ = many.log_likelihood(gt, patch_size=2)
     assert kind == "full (sample covariance)"
     assert ll == pytest.approx(log_likelihood_full(mean, cov, gt).per_pixel, abs=0.05)
     few = Prediction(mean=mean, std=std, samples=samples[:100])
-    _, kind, _ = predictive_log_likelihood(few, gt, MetricsOptions(patch_size=2))
+    _, kind, _ = few.log_likelihood(gt, patch_size=2)
     assert kind == "patchwise-2"
 
 
 def test_gallery_samples_from_covariance_have_its_statistics():
     mean, cov, _, _ = _gaussian(3, 3)
     pred = Prediction(mean=mean, std=cov.diagonal().sqrt().reshape(mean.shape), covariance=cov)
-    draws = gallery_samples(pred, 20000, seed=1).reshape(20000, 9)
+    draws = pred.sample(20000, seed=1).reshape(20000, 9)
     assert torch.allclose(torch.cov(draws.T), cov, atol=0.05 * float(cov.diagonal().max()))
-    assert gallery_samples(pred, 0, seed=1) is None
-    assert gallery_samples(Prediction(mean=mean, std=torch.ones_like(mean)), 4, seed=1) is None
+    assert pred.sample(0, seed=1) is None
+    assert Prediction(mean=mean, std=torch.ones_like(mean)).sample(4, seed=1) is None
 
 
 def test_evaluate_record_and_curves():
@@ -130,3 +130,15 @@ def test_markdown_and_csv_tables():
     assert float(parsed[0]["test_ll_mean"]) == pytest.approx(7 / 3)
     lines = list(csv.DictReader(io.StringIO(per_image_csv(records))))
     assert len(lines) == 6 and lines[1]["seconds_dip"] == "2.0"
+
+
+def test_prediction_coverage_and_variance():
+    """Pixels at known z-scores: |z| = 0.5 inside both intervals, 1.5 only in the 95 % one,
+    2.5 in neither."""
+    mean = torch.zeros(1, 1, 2, 3, dtype=torch.float64)
+    std = torch.full_like(mean, 2.0)
+    z = torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, 0.0], dtype=torch.float64).reshape(1, 1, 2, 3)
+    pred = Prediction(mean=mean, std=std)
+    assert pred.coverage(mean + z * std) == {"0.68": pytest.approx(3 / 6),
+                                             "0.95": pytest.approx(5 / 6)}
+    assert torch.equal(pred.variance, std.square())

@@ -78,6 +78,11 @@ def test_tiny_study_records(tiny_study):
         assert len(shared) == 1
         assert by[image, "mcdo"]["seconds"]["dip"] not in shared
         assert by[image, "dip"]["psnr"] == by[image, "lin-dip-mll"]["psnr"]
+        # MC-dropout's image noise is σ̂_y² c_A with σ̂_y² its own residual's, in sinogram units
+        mcdo = by[image, "mcdo"]["info"]
+        assert mcdo["noise_variance"] > 0
+        assert mcdo["added_variance"] == pytest.approx(
+            mcdo["noise_variance"] * by[image, "dip"]["info"]["variance_factor"], rel=1e-9)
 
 
 _FAIL_ON = set()

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from bayes_dip.studies.config import Setting, StudyConfig, load_study_config
 from bayes_dip.studies.context import MethodContext
-from bayes_dip.studies.evaluate import evaluate_prediction, gallery_samples
+from bayes_dip.studies.evaluate import evaluate_prediction
 from bayes_dip.studies.figures import plot_ll_vs_angles, setting_figures
 from bayes_dip.studies.methods import METHODS, MethodSpec
 from bayes_dip.studies.problems import build_problem, image_key
@@ -232,7 +232,7 @@ def _run_method(ctx: MethodContext, store: ResultStore, spec: MethodSpec, fp: st
                   info=pred.info)
     arrays["mean"] = pred.mean.detach().cpu().float().numpy()[0, 0]
     arrays["std"] = pred.std.detach().cpu().float().numpy()[0, 0]
-    samples = gallery_samples(pred, ctx.config.figures.gallery_samples, ctx.seed(17))
+    samples = pred.sample(ctx.config.figures.gallery_samples, ctx.seed(17))
     if samples is not None:
         arrays["samples"] = samples.detach().cpu().float().numpy()[:, 0]
     store.save(ctx.setting.key, key, method, record, arrays)
