@@ -1,12 +1,13 @@
 """KMNIST benchmark of the linearised DIP (issue 4 §9).
 
-For each of the first N KMNIST test images (20 angles, 5 % noise by default): DIP, then the
-exact linearised DIP with evidence-optimised hyperparameters (MLL and TV-MAP, sharing one set
-of Gram matrices), and four predictives of the image:
+For each of the first N KMNIST test images (20 angles, 5 % noise by default): DIP, then four
+methods of the registry (:data:`bayes_dip.studies.METHODS`, as in a study, one image at a time):
 
-* DIP (σ² = 1): ``N(x̂, σ_y² c_A I)`` with ``σ_y² = 1``;
-* DIP (MLL σ²): the same with the ``σ_y²`` of the linearised DIP's MLL evidence;
-* Linearised DIP (MLL) and Linearised DIP (TV-MAP): exact full-covariance predictives.
+* ``dip`` — DIP (σ² = 1): ``N(x̂, σ_y² c_A I)`` with ``σ_y² = 1``;
+* ``dip-evidence`` — DIP (MLL σ²): the same with the ``σ_y²`` of the linearised DIP's MLL
+  evidence;
+* ``lin-dip-mll`` and ``lin-dip-tvmap`` — exact linearised DIP with evidence-optimised
+  hyperparameters (sharing one set of Gram matrices), full-covariance predictives.
 
 Prints PSNR/SSIM, the mean test log-likelihood per pixel ± standard error per method, and
 seconds per stage (DIP, Gram matrices, evidence MLL / TV-MAP and per step, predictive) plus
@@ -37,19 +38,19 @@ import numpy as np
 import torch
 import yaml
 
-from bayes_dip.baselines import dip_evidence_predictive, dip_fixed_predictive
 from bayes_dip.data import load_kmnist
-from bayes_dip.dip import DIPConfig, reconstruct_dip, unet_preset
-from bayes_dip.linearized import (EvidenceConfig, LinearizedDIP, apply_ray_trafo_adjoint,
-                                  optimize_evidence)
+from bayes_dip.dip import DIPConfig
+from bayes_dip.linearized import EvidenceConfig, LinearizedDIP, optimize_evidence
 from bayes_dip.metrics import psnr, ssim
 from bayes_dip.problem import simulated_problem
+from bayes_dip.studies import METHODS, MethodContext, Setting, StudyConfig
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "configs" / "kmnist_benchmark.yaml"
 QUICK = {"images": 2, "dip": {"iterations": 300, "lr": 1.0e-3, "lr_warmup": 50},
          "evidence": {"steps": 100}}
-METHODS = ("DIP (σ²=1)", "DIP (MLL σ²)", "Linearised DIP (MLL)", "Linearised DIP (TV-MAP)")
+#: registry methods of the table (DIP (MLL σ²) is ``dip-evidence`` with the MLL run's σ_y²)
+BENCHMARK_METHODS = ("dip", "dip-evidence", "lin-dip-mll", "lin-dip-tvmap")
 
 
 def load_config(args: argparse.Namespace) -> dict:
@@ -67,55 +68,41 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def study_config(config: dict) -> StudyConfig:
+    """The benchmark as a study of the registry methods (exact evidence and predictive)."""
+    evidence = {"mode": "exact", **config["evidence"]}
+    return StudyConfig(name="kmnist_benchmark", methods=BENCHMARK_METHODS, settings=(),
+                       seed=config["seed"], dip=DIPConfig(**config["dip"]),
+                       dip_evidence={"noise_variance": "mll"}, evidence=evidence,
+                       tvmap=dict(config["tvmap"]), predictive=dict(config["predictive"]))
+
+
 def run_image(index: int, image: torch.Tensor, config: dict, out: Path, naive_steps: int,
               progress: bool) -> dict:
     problem = simulated_problem(image, num_angles=config["angles"], noise_level=config["noise"],
                                 seed=config["seed"] + index, name=f"kmnist:{index}")
-    rt, y, gt = problem.ray_trafo, problem.sinogram, problem.ground_truth
-    dip_cfg = DIPConfig(**config["dip"])
-    torch.manual_seed(dip_cfg.seed)
-    dip = reconstruct_dip(rt, y, net=unet_preset(dip_cfg.unet or "kmnist"), net_input=problem.fbp,
-                          config=dip_cfg, ground_truth=gt, progress=progress,
-                          checkpoint_dir=out / "checkpoints" / f"dip_{index:04d}")
-    recon = dip.recon.detach()
+    study = study_config(config)
+    setting = Setting("simulated", (problem.name,), angles=config["angles"], noise=config["noise"])
+    ctx = MethodContext(problem, study, setting, problem.name,
+                        out / "checkpoints" / f"image_{index:04d}", progress)
+    gt = ctx.ground_truth
+    recon = ctx.dip().recon.detach()
     record: dict = {"index": index, "psnr": float(psnr(recon, gt)), "ssim": float(ssim(recon, gt)),
-                    "seconds": {"dip": dip.seconds}, "log_likelihood": {}, "hyperparameters": {}}
-
-    lin = LinearizedDIP(dip.net, dip.net_input, rt, y, recon=recon, gamma=dip_cfg.gamma,
-                        dtype=getattr(torch, config["jacobian_dtype"]))
-    ev = config["evidence"]
-    t0 = time.perf_counter()
-    lin.structured  # noqa: B018 — build the Gram matrices once (timed)
-    record["seconds"]["grams"] = time.perf_counter() - t0
-    runs = (("Linearised DIP (MLL)", None),
-            ("Linearised DIP (TV-MAP)", config["tvmap"]["predcp_scale"]))
-    for name, scale in runs:
-        lin.reset_hyperparameters()
-        tag = "mll" if scale is None else "tvmap"
-        ckpt = out / "checkpoints" / f"evidence_{tag}_{index:04d}.pt"
-        result = lin.optimize_hyperparameters("exact", scale, steps=ev["steps"],
-                                              weights=ev.get("weights", "map"), lr=ev["lr"],
-                                              progress=progress, checkpoint_path=ckpt)
-        t0 = time.perf_counter()
-        pred = lin.predictive("exact", image_noise=config["predictive"]["image_noise"])
-        record["seconds"][f"predictive_{tag}"] = time.perf_counter() - t0
-        record["seconds"][f"evidence_{tag}"] = result.seconds
-        record["seconds"][f"evidence_{tag}_per_step"] = result.seconds / max(ev["steps"], 1)
-        ll = pred.log_likelihood(gt)
-        record["log_likelihood"][name] = ll.per_pixel
-        record["hyperparameters"][tag] = {
-            "noise_variance": result.noise_variance, "image_noise": pred.image_noise,
-            "jitter": pred.jitter, "blocks": result.hyperparameters,
-            "neg_log_evidence_per_obs": result.history["neg_log_evidence"][-1]}
-        if scale is None:
-            mll_noise = result.noise_variance
-    record["log_likelihood"]["DIP (σ²=1)"] = dip_fixed_predictive(recon.double(),
-                                                                  rt).log_likelihood(gt)
-    record["log_likelihood"]["DIP (MLL σ²)"] = dip_evidence_predictive(
-        recon.double(), rt, y.double(), noise_variance=mll_noise).log_likelihood(gt)
+                    "seconds": {"dip": ctx.dip().seconds}, "log_likelihood": {},
+                    "hyperparameters": {}}
+    for name in BENCHMARK_METHODS:
+        pred = METHODS[name].run(ctx)
+        record["log_likelihood"][METHODS[name].label] = pred.log_likelihood(gt).per_pixel
+        record["seconds"].update({f"{name} {stage}": v for stage, v in pred.seconds.items()
+                                  if stage != "dip"})
+        if name.startswith("lin-dip"):
+            record["hyperparameters"][name] = {
+                k: pred.info[k] for k in ("noise_variance", "image_noise", "jitter",
+                                          "hyperparameters", "neg_log_evidence_per_obs")}
     record["peak_memory_mib"] = peak_memory_mib()  # before the (memory-hungry) naive check
     if naive_steps:
-        record["naive_check"] = naive_check(lin, ev, naive_steps)
+        record["naive_check"] = naive_check(ctx.image_cache["linearized"], config["evidence"],
+                                            naive_steps)
     return record
 
 
@@ -124,7 +111,7 @@ def naive_check(lin: LinearizedDIP, ev: dict, steps: int) -> dict:
     model, jac = lin.model, lin.jac
     n_obs = model.num_obs
     eye = torch.eye(n_obs, dtype=jac.dtype)
-    aj = torch.cat([jac.vjp(apply_ray_trafo_adjoint(model.ray_trafo, eye[:, i:i + 64])).mT
+    aj = torch.cat([jac.vjp(model.ray_trafo.rmatmul(eye[:, i:i + 64])).mT
                     for i in range(0, n_obs, 64)]).double()  # (n_obs, P)
     del eye
 
@@ -156,7 +143,7 @@ def naive_check(lin: LinearizedDIP, ev: dict, steps: int) -> dict:
 def summarize(records: list[dict]) -> str:
     lines = [f"images: {len(records)}", "",
              "| method | test log-likelihood / pixel (mean ± s.e.) |", "|---|---|"]
-    for name in METHODS:
+    for name in (METHODS[m].label for m in BENCHMARK_METHODS):
         vals = np.array([r["log_likelihood"][name] for r in records])
         se = vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
         lines.append(f"| {name} | {vals.mean():.4f} ± {se:.4f} |")

@@ -14,7 +14,6 @@ from bayes_dip.baselines import (dip_evidence_predictive, dip_fixed_predictive,
                                  evidence_noise_variance, homoscedastic_predictive)
 from bayes_dip.baselines import homoscedastic
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
-from bayes_dip.linearized import image_noise_variance
 from bayes_dip.metrics import log_likelihood_diagonal, log_likelihood_full
 
 
@@ -53,7 +52,7 @@ def test_fixed_variance_is_mean_diag_of_truncated_pinv(op, rank):
 def test_log_likelihood_equals_closed_form_and_metrics(op):
     gt, recon = _images()
     pred = dip_fixed_predictive(recon, op, rank=10)
-    c = image_noise_variance(op, 1.0, rank=10)
+    c = op.variance_factor(rank=10)
     assert pred.noise_variance == 1.0 and pred.variance == pytest.approx(c)
     d2 = pred.variance
     closed = -0.5 * math.log(2 * math.pi * d2) - float((gt - recon).square().mean()) / (2 * d2)
@@ -75,7 +74,7 @@ def test_given_noise_variance_scales_the_factor(op):
 
 def test_evidence_noise_variance_equals_grid_optimum(op):
     _, recon, y = _problem(op)
-    c = image_noise_variance(op, 1.0, rank=10)
+    c = op.variance_factor(rank=10)
     s2 = evidence_noise_variance(op, y, recon, c)
     a = op.matrix().to_dense()
     base = torch.eye(a.shape[0], dtype=torch.float64) + c * a @ a.T

@@ -309,3 +309,29 @@ def test_matrix_copies_equal_astra_matrix(geom):
             assert np.array_equal(csr.crow_indices().numpy(), mat.indptr)
             assert np.array_equal(csr.col_indices().numpy(), mat.indices)
             assert np.array_equal(csr.values().double().numpy(), mat.data)
+
+
+def test_variance_factor_is_the_truncated_pseudoinverse_diagonal():
+    """c_A = Σ_{k ≤ r, s_k ≥ 10⁻³ s_1} s_k⁻² / n_pix from the dense SVD of A."""
+    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
+    s = torch.linalg.svdvals(rt.matrix().to_dense())
+    keep = s[:10][s[:10] >= 1e-3 * s[0]]
+    assert rt.variance_factor(rank=10) == pytest.approx(float((keep ** -2).sum()) / 64, rel=1e-10)
+    # all singular values: the mean diagonal of (AᵀA)⁺ with the same cut-off (on s², 1e-6)
+    pinv = torch.linalg.pinv(rt.matrix().to_dense().T @ rt.matrix().to_dense(), rtol=1e-6)
+    assert rt.variance_factor(rank=64, rcond=1e-3) == pytest.approx(
+        float(pinv.diagonal().mean()), rel=1e-6)
+    for bad in (dict(rank=0), dict(rank=True), dict(rcond=1.0), dict(rcond=-0.1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            rt.variance_factor(**bad)
+
+
+def test_variance_factor_arpack_path_matches_dense(monkeypatch):
+    """Above the dense limit the top singular values come from ARPACK on A/Aᵀ products."""
+    from bayes_dip.ct import variance_factor as module
+
+    dense = RayTransform(ParallelBeamGeometry((16, 16), num_angles=12)).variance_factor(rank=30)
+    monkeypatch.setattr(module, "DENSE_SVD_LIMIT", 0)
+    rt = RayTransform(ParallelBeamGeometry((16, 16), num_angles=12), backend="astra")
+    assert rt.variance_factor(rank=30) == pytest.approx(dense, rel=1e-6)
+    assert rt.variance_factor(rank=30) is rt.variance_factor(rank=30)  # computed once

@@ -9,8 +9,7 @@ from torch import nn
 
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
 from bayes_dip.dip import UNet
-from bayes_dip.linearized import (NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint,
-                                  gprior_scale, weight_layout)
+from bayes_dip.linearized import NetworkJacobian, gprior_scale, weight_layout
 
 F64 = torch.float64
 
@@ -84,15 +83,6 @@ def test_gprior_scale_exact_and_hutchinson():
     approx = gprior_scale(jac, rt, num_probes=1000, generator=torch.Generator().manual_seed(0))
     rel = ((approx - expected) / expected).abs()
     assert float(rel.median()) < 0.05
-
-
-def test_ray_trafo_column_helpers_match_matrix():
-    rt = RayTransform(ParallelBeamGeometry((8, 8), num_angles=5))
-    mat = rt.matrix().to_dense()
-    x = torch.randn(64, 3, dtype=F64)
-    y = torch.randn(math.prod(rt.obs_shape), 2, dtype=F64)
-    torch.testing.assert_close(apply_ray_trafo(rt, x), mat @ x)
-    torch.testing.assert_close(apply_ray_trafo_adjoint(rt, y), mat.T @ y)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

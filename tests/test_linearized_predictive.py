@@ -10,7 +10,7 @@ from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
 
 from bayes_dip.linearized import (LinearizedModel, StructuredCovariance, WeightPrior,
                                   SubspaceCovariance, conditional_mean, exact_predictive,
-                                  image_noise_variance, sample_predictive, subspace_predictive)
+                                  sample_predictive, subspace_predictive)
 from bayes_dip.metrics import log_likelihood_full
 
 F64 = torch.float64
@@ -121,21 +121,11 @@ def test_jitter_is_chosen_and_reported(parts):
     assert float(eig[0]) >= 1e-10 * float(pred.covariance.diagonal().mean()) * (1 - 1e-6)
     assert pred.jitter >= 0.0 and pred.image_noise == 0.0
     auto = exact_predictive(model, sc)
-    assert auto.image_noise == pytest.approx(image_noise_variance(model.ray_trafo, 0.05, rank=100))
+    assert auto.image_noise == pytest.approx(0.05 * model.ray_trafo.variance_factor(100))
     with pytest.raises(ValueError, match="jitter"):
         exact_predictive(model, sc, jitter=-1.0)
     with pytest.raises(ValueError, match="image_noise"):
         exact_predictive(model, sc, image_noise="none")
-
-
-def test_image_noise_variance_formula(parts):
-    model, _, _, a = parts
-    s = torch.linalg.svdvals(a)
-    keep = s[:10][s[:10] >= 1e-3 * s[0]]
-    expected = 0.3 * float((keep ** -2).sum()) / 64
-    assert image_noise_variance(model.ray_trafo, 0.3, rank=10) == pytest.approx(expected)
-    with pytest.raises(ValueError, match="rank"):
-        image_noise_variance(model.ray_trafo, 0.3, rank=0)
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])

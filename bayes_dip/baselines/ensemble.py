@@ -4,7 +4,7 @@ Member ``k`` is :func:`~bayes_dip.dip.reconstruct_dip` with ``config.seed + k`` 
 network initialisation); the predictive is the :class:`~bayes_dip.baselines.SamplePredictive`
 of the ``K`` reconstructions (unbiased moments). With ``K`` members every covariance has
 rank ``K − 1``, so log-likelihoods need ``added_variance > 0`` (e.g. the image-noise term
-``bayes_dip.linearized.image_noise_variance(ray_trafo, σ_y²)``).
+``σ_y² · ray_trafo.variance_factor()``).
 """
 from __future__ import annotations
 

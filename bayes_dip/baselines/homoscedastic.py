@@ -8,7 +8,7 @@ carried into image space by the truncated pseudo-inverse of the ray transform:
 
 with ``s_1 ≥ s_2 ≥ …`` the singular values of ``A`` and ``r = 100``: the "image noise term"
 the linearised DIP adds to its predictive covariance, computed by the same function
-(:func:`bayes_dip.linearized.image_noise_variance`, which also drops ``s_k < 10⁻³ s_1``).
+(:meth:`bayes_dip.ct.RayTransform.variance_factor`, which also drops ``s_k < 10⁻³ s_1``).
 The two baselines differ in ``σ_y²``:
 
 * **DIP (σ² = 1)** — :func:`dip_fixed_predictive`: ``σ_y² = 1``.
@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from bayes_dip.linalg import pcg
-from bayes_dip.linearized import apply_ray_trafo, apply_ray_trafo_adjoint, image_noise_variance
 
 __all__ = ["HomoscedasticPredictive", "evidence_noise_variance", "homoscedastic_predictive",
            "dip_fixed_predictive", "dip_evidence_predictive"]
@@ -113,7 +112,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
 
     Args:
         y: ``(1, 1, n_angles, n_det)`` measurement; recon: ``(1, 1, H, W)`` DIP output.
-        variance_factor: ``c_A = image_noise_variance(ray_trafo, 1.0, rank)`` (``> 0``).
+        variance_factor: ``c_A = ray_trafo.variance_factor(rank)`` (``> 0``).
     """
     c = _check_positive(variance_factor, "variance_factor")
     recon = _check_recon(recon, ray_trafo)
@@ -129,7 +128,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
     r = (y.detach().to(torch.float64) - ray_trafo.A(x64)).reshape(-1)
     m, n = r.numel(), x64.numel()
     if m * n <= _DENSE_MAX_ENTRIES:
-        a = apply_ray_trafo(ray_trafo, torch.eye(n, dtype=torch.float64, device=r.device))
+        a = ray_trafo.matmul(torch.eye(n, dtype=torch.float64, device=r.device))
         gram = c * (a @ a.T)
         gram.diagonal().add_(1.0)
         chol = torch.linalg.cholesky(gram)
@@ -137,7 +136,7 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
         quad = float(white.square().sum())
     else:
         def matmul(v: Tensor) -> Tensor:  # (m, k) -> (I + c A Aᵀ) v
-            return v + c * apply_ray_trafo(ray_trafo, apply_ray_trafo_adjoint(ray_trafo, v))
+            return v + c * ray_trafo.matmul(ray_trafo.rmatmul(v))
 
         sol, info = pcg(matmul, r[:, None], tol=cg_tol)
         if not info.converged:
@@ -148,10 +147,10 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
 
 
 def _variance_factor(ray_trafo: nn.Module, variance_factor: float | None, rank: int) -> float:
-    """The given ``c_A`` (checked) or ``image_noise_variance(ray_trafo, 1.0, rank)``."""
+    """The given ``c_A`` (checked) or ``ray_trafo.variance_factor(rank)``."""
     if variance_factor is not None:
         return _check_positive(variance_factor, "variance_factor")
-    return image_noise_variance(ray_trafo, 1.0, _check_rank(rank))
+    return ray_trafo.variance_factor(_check_rank(rank))
 
 
 def homoscedastic_predictive(recon: Tensor, noise_variance: float,
@@ -170,7 +169,7 @@ def dip_fixed_predictive(recon: Tensor, ray_trafo: nn.Module, *, noise_variance:
     """DIP (σ² = 1): ``N(x̂, σ_y² c_A I)`` with a fixed ``σ_y²`` (default 1).
 
     ``variance_factor``: a precomputed ``c_A`` for ``ray_trafo`` (saves the SVD across
-    images of one geometry); default ``image_noise_variance(ray_trafo, 1.0, rank)``.
+    images of one geometry); default ``ray_trafo.variance_factor(rank)``.
     """
     recon = _check_recon(recon, ray_trafo)
     c = _variance_factor(ray_trafo, variance_factor, rank)

@@ -16,7 +16,8 @@ sample variance, and the spread is tiny next to the reconstruction error (KMNIST
 image 0, 20 angles, 5 % noise, 10k iterations: median std 0.0024, 132 of 784 pixels at
 zero, RMSE ≈ 0.056). The original code's density script adds the image-noise term
 ``σ_y² · c_A`` with ``σ_y² = 1`` to the MCDO covariance, as for DIP (σ² = 1); to do the
-same pass ``added_variance=bayes_dip.linearized.image_noise_variance(ray_trafo, 1.0)``.
+same pass ``added_variance=ray_trafo.variance_factor()``; the studies' ``mcdo`` method adds
+``σ̂_y² c_A`` with ``σ̂_y²`` from the network's residual instead (see ``bayes_dip.studies.methods``).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ class SamplePredictive:
             raise ValueError(f"{int((self.std <= 0).sum())} pixels have zero predictive variance "
                              "(e.g. saturated sigmoid outputs); pass added_variance > 0 to "
                              "mcdo_predictive, e.g. the image-noise term "
-                             "bayes_dip.linearized.image_noise_variance(ray_trafo, σ_y²)")
+                             "σ_y² · ray_trafo.variance_factor()")
         if patch_size is None:
             if self.covariance is None:
                 raise ValueError("covariance was not computed; pass full_covariance=True to "

@@ -28,6 +28,7 @@ from bayes_dip.ct.astra_backend import (AstraProjector, check_projector, cuda_av
                                           default_projector, system_matrix)
 from bayes_dip.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
 from bayes_dip.ct.validation import check_batch, check_finite
+from bayes_dip.ct.variance_factor import variance_factor
 
 __all__ = ["RayTransform", "BACKENDS"]
 
@@ -177,6 +178,7 @@ class RayTransform(nn.Module):
         self.projector = check_projector(geometry, projector)
         self.check_finite = bool(check_finite)
         self._matrix_backend: _MatrixBackend | None = None
+        self._variance_factors: dict[tuple[int, float], float] = {}
         self._backend: _MatrixBackend | _NumpyBackend
         if backend == "matrix":
             self._matrix_backend = _MatrixBackend(geometry, self.projector)
@@ -241,6 +243,14 @@ class RayTransform(nn.Module):
             raise ValueError(f"u must be a tensor of shape ({self.shape[0]}, k), got "
                              f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
         return self.A_adjoint(u.T.reshape(-1, 1, *self.obs_shape)).reshape(u.shape[1], -1).T
+
+    def variance_factor(self, rank: int = 100, rcond: float = 1e-3) -> float:
+        """``c_A``: image-space variance per unit of white measurement-noise variance
+        (:mod:`bayes_dip.ct.variance_factor`); computed once per ``(rank, rcond)``."""
+        key = (rank, rcond)
+        if key not in self._variance_factors:
+            self._variance_factors[key] = variance_factor(self, rank, rcond)
+        return self._variance_factors[key]
 
     def matrix(self) -> Tensor:
         """The operator as a float64 torch sparse CSR ``(n_angles * n_det, H * W)`` on CPU.

@@ -15,19 +15,19 @@ from .api import LinearizedDIP, UncertaintyResult, estimate_uncertainty
 from .covariance import (ImageCovariance, ObservationCovariance, StructuredCovariance,
                          joint_block_basis)
 from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, optimize_evidence
-from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint, gprior_scale
+from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
 from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
-                         image_noise_variance, sample_predictive, subspace_predictive)
+                         sample_predictive, subspace_predictive)
 from .subspace import SubspaceCovariance
 from .priors import (KERNEL_JITTER, BlockLayout, WeightLayout, WeightPrior, distance_classes,
                      gprior_layout, weight_layout)
 
 __all__ = [
     "LinearizedDIP", "UncertaintyResult", "estimate_uncertainty",
-    "NetworkJacobian", "apply_ray_trafo", "apply_ray_trafo_adjoint", "gprior_scale",
+    "NetworkJacobian", "gprior_scale",
     "BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
     "WeightPrior", "KERNEL_JITTER",
     "ImageCovariance", "ObservationCovariance", "StructuredCovariance", "joint_block_basis",
@@ -36,6 +36,6 @@ __all__ = [
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
     "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
-    "conditional_mean", "subspace_predictive", "image_noise_variance",
+    "conditional_mean", "subspace_predictive",
     "ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive",
 ]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bayes_dip.linalg import NystromPreconditioner
 
 from .heldout import ObservationSpectrum
-from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
+from .jacobian import NetworkJacobian
 from .priors import KERNEL_JITTER, WeightLayout, WeightPrior, distance_classes
 
 __all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance", "TermWeights",
@@ -98,8 +98,8 @@ class ObservationCovariance:
     def matmul_noiseless(self, v: Tensor) -> Tensor:
         """``A J Σ_θ Jᵀ Aᵀ V``."""
         v, vector = _check_columns(v, self.shape[0], "v")
-        x = apply_ray_trafo_adjoint(self.ray_trafo, v.to(self.dtype))
-        out = apply_ray_trafo(self.ray_trafo, self.image_cov.matmul(x))
+        x = self.ray_trafo.rmatmul(v.to(self.dtype))
+        out = self.ray_trafo.matmul(self.image_cov.matmul(x))
         return out.squeeze(1) if vector else out
 
     def matmul(self, v: Tensor) -> Tensor:
@@ -392,8 +392,8 @@ class StructuredCovariance:
         rows, cols = torch.tril_indices(n_obs, n_obs, device=jac.device)
         obs = torch.empty(len(terms), rows.numel(), dtype=f64, device=jac.device)
         for t in range(len(terms)):
-            am = apply_ray_trafo(ray_trafo, image_grams[t])  # A M (M symmetric)
-            obs[t] = apply_ray_trafo(ray_trafo, am.mT)[rows, cols]  # A (A M)ᵀ = A M Aᵀ
+            am = ray_trafo.matmul(image_grams[t])  # A M (M symmetric)
+            obs[t] = ray_trafo.matmul(am.mT)[rows, cols]  # A (A M)ᵀ = A M Aᵀ
         return cls(terms, radii, prior.layout, image_grams, obs, n_obs, jac.im_shape,
                    ray_trafo)
 
@@ -417,7 +417,7 @@ class StructuredCovariance:
 
     def cross_covariance(self, prior: WeightPrior) -> Tensor:
         """``J Σ_θ Jᵀ Aᵀ`` ``(n_pix, n_obs)``."""
-        return apply_ray_trafo(self.ray_trafo, self.image_covariance(prior)).mT
+        return self.ray_trafo.matmul(self.image_covariance(prior)).mT
 
     def gaussian_nll(self, prior: WeightPrior, noise_variance: Tensor,
                      residual: Tensor | None = None) -> Tensor:

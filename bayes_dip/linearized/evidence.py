@@ -50,7 +50,6 @@ from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
 from .subspace import SubspaceCovariance
-from .jacobian import apply_ray_trafo_adjoint
 from .model import LinearizedModel
 
 __all__ = ["EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence"]
@@ -185,8 +184,8 @@ class _StochasticObjective:
     def _bilinear(self, a: Tensor, b: Tensor) -> Tensor:
         """``Σ_i a_iᵀ K_yy(h) b_i`` for columns ``a, b (n_obs, k)`` (differentiable in ``h``)."""
         model = self.model
-        ja = model.jac.vjp(apply_ray_trafo_adjoint(model.ray_trafo, a.to(model.jac.dtype)))
-        jb = model.jac.vjp(apply_ray_trafo_adjoint(model.ray_trafo, b.to(model.jac.dtype)))
+        ja = model.jac.vjp(model.ray_trafo.rmatmul(a.to(model.jac.dtype)))
+        jb = model.jac.vjp(model.ray_trafo.rmatmul(b.to(model.jac.dtype)))
         dtype = model.prior.log_variance.dtype
         quad = (ja.to(dtype) * model.prior.matmul(jb.to(dtype))).sum()
         return quad + model.noise_variance * (a.to(dtype) * b.to(dtype)).sum()

@@ -21,7 +21,7 @@ from bayes_dip.linalg import SVDResult, randomized_svd
 
 from .priors import WeightLayout, weight_layout
 
-__all__ = ["NetworkJacobian", "gprior_scale", "apply_ray_trafo", "apply_ray_trafo_adjoint"]
+__all__ = ["NetworkJacobian", "gprior_scale"]
 
 
 class NetworkJacobian:
@@ -143,20 +143,6 @@ class NetworkJacobian:
         return v2, vector
 
 
-def apply_ray_trafo(ray_trafo, x: Tensor) -> Tensor:
-    """``A X`` for image columns ``X (n_pix, k)`` -> ``(n_obs, k)``."""
-    k = x.shape[1]
-    y = ray_trafo.A(x.mT.reshape(k, 1, *ray_trafo.im_shape))
-    return y.reshape(k, -1).mT
-
-
-def apply_ray_trafo_adjoint(ray_trafo, y: Tensor) -> Tensor:
-    """``Aᵀ Y`` for observation columns ``Y (n_obs, k)`` -> ``(n_pix, k)``."""
-    k = y.shape[1]
-    x = ray_trafo.A_adjoint(y.mT.reshape(k, 1, *ray_trafo.obs_shape))
-    return x.reshape(k, -1).mT
-
-
 def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
                  generator: torch.Generator | None = None, batch_size: int = 64,
                  eps: float = 1e-6) -> Tensor:
@@ -171,7 +157,7 @@ def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
     if num_probes is None:
         eye = torch.eye(n_obs, dtype=jac.dtype, device=jac.device)
         for i in range(0, n_obs, batch_size):
-            rows = jac.vjp(apply_ray_trafo_adjoint(ray_trafo, eye[:, i:i + batch_size]))
+            rows = jac.vjp(ray_trafo.rmatmul(eye[:, i:i + batch_size]))
             total += rows.square().sum(1)
         mean = total / n_obs
     else:
@@ -181,6 +167,6 @@ def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
             k = min(batch_size, num_probes - i)
             z = torch.randint(0, 2, (n_obs, k), generator=generator, device=jac.device)
             z = z.to(jac.dtype) * 2 - 1
-            total += jac.vjp(apply_ray_trafo_adjoint(ray_trafo, z)).square().sum(1)
+            total += jac.vjp(ray_trafo.rmatmul(z)).square().sum(1)
         mean = total / (num_probes * n_obs)
     return mean.clamp_min(eps ** 2).rsqrt()

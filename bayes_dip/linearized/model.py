@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .covariance import ImageCovariance, ObservationCovariance
-from .jacobian import NetworkJacobian, apply_ray_trafo
+from .jacobian import NetworkJacobian
 from .priors import WeightPrior
 
 __all__ = ["LinearizedModel"]
@@ -62,7 +62,7 @@ class LinearizedModel(nn.Module):
     def residual(self) -> Tensor:
         """``y − A x̂`` ``(n_obs,)`` float64."""
         with torch.no_grad():
-            proj = apply_ray_trafo(self.ray_trafo, self.jac.output.reshape(-1, 1)).reshape(-1)
+            proj = self.ray_trafo.matmul(self.jac.output.reshape(-1, 1)).reshape(-1)
         return self.y_flat - proj.to(torch.float64)
 
     @cached_property
@@ -70,5 +70,5 @@ class LinearizedModel(nn.Module):
         """``y − A (x̂ − J θ̂)``: data minus the prior mean of the linear model, ``(n_obs,)``."""
         with torch.no_grad():
             mean = self.jac.output.reshape(-1) - self.jac.jvp(self.jac.theta)
-            proj = apply_ray_trafo(self.ray_trafo, mean.reshape(-1, 1)).reshape(-1)
+            proj = self.ray_trafo.matmul(mean.reshape(-1, 1)).reshape(-1)
         return self.y_flat - proj.to(torch.float64)

@@ -1,7 +1,7 @@
 """Predictive posterior of the linearised DIP over the image (DESIGN.md §1.6).
 
 ``x | y ~ N(x̂, Σ_post)``, ``Σ_post = C − C Aᵀ K_yy⁻¹ A C + η² I`` with ``C = J Σ_θ Jᵀ`` and
-``η²`` the image-space noise term (:func:`image_noise_variance`).
+``η² = σ_y² c_A`` the image-space noise term (:meth:`bayes_dip.ct.RayTransform.variance_factor`).
 
 * :func:`exact_predictive` — full covariance from a StructuredCovariance (small images).
 * :func:`sample_predictive` — Matheron's rule: ``e = x₀ − C Aᵀ K_yy⁻¹ (A x₀ + ε)`` with
@@ -26,44 +26,14 @@ from bayes_dip.metrics import (LogLikelihood, image_patches, log_likelihood_full
 
 from .covariance import StructuredCovariance
 from .heldout import ObservationSpectrum
-from .jacobian import apply_ray_trafo, apply_ray_trafo_adjoint
 from .model import LinearizedModel
 
-__all__ = ["image_noise_variance", "conditional_mean", "ExactPredictive", "exact_predictive",
+__all__ = ["conditional_mean", "ExactPredictive", "exact_predictive",
            "SampledPredictive", "sample_predictive", "subspace_predictive"]
-
-_DENSE_SVD_LIMIT = 4_000_000  # n_obs · n_pix up to which A's singular values come from a dense SVD
-
-
-def image_noise_variance(ray_trafo, noise_variance: float, rank: int = 100, rcond: float = 1e-3,
-                         generator: torch.Generator | None = None) -> float:
-    """``η² = σ_y² · mean diag((AᵀA)⁺)`` on the top-``rank`` singular subspace of ``A``:
-    ``σ_y² Σ s_i⁻² / n_pix`` over the ``rank`` largest singular values ``s_i >= rcond · s_1``
-    (``σ_y²`` seen in image space; the cut-off keeps small problems, where ``rank`` reaches
-    the near-null space of ``A``, finite).
-
-    Singular values by a dense SVD for small ``A``, else by randomized SVD (products only).
-    """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if not float(noise_variance) > 0:
-        raise ValueError(f"noise_variance must be > 0, got {noise_variance!r}")
-    n_pix, n_obs = math.prod(ray_trafo.im_shape), math.prod(ray_trafo.obs_shape)
-    rank = min(rank, n_pix, n_obs)
-    if n_pix * n_obs <= _DENSE_SVD_LIMIT:
-        mat = apply_ray_trafo(ray_trafo, torch.eye(n_pix, dtype=torch.float64))
-        s = torch.linalg.svdvals(mat)[:rank]
-    else:
-        s = randomized_svd(lambda v: apply_ray_trafo(ray_trafo, v),
-                           lambda u: apply_ray_trafo_adjoint(ray_trafo, u), (n_obs, n_pix), rank,
-                           generator=generator, dtype=torch.float64).S
-    s = s[s >= s[0] * rcond]
-    return float(noise_variance) * float((s ** -2).sum()) / n_pix
-
 
 def _resolve_noise(model: LinearizedModel, image_noise: float | str) -> float:
     if image_noise == "auto":
-        return image_noise_variance(model.ray_trafo, float(model.noise_variance.detach()))
+        return float(model.noise_variance.detach()) * model.ray_trafo.variance_factor()
     if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) \
             or image_noise < 0:
         raise ValueError(f"image_noise must be 'auto' or a number >= 0, got {image_noise!r}")
@@ -99,7 +69,7 @@ def conditional_mean(model: LinearizedModel, *, structured: StructuredCovariance
             dtype = model.jac.dtype
             alpha, info = pcg(model.obs_cov.matmul, residual.to(dtype), precond=precond,
                               tol=cg_tol, max_iter=cg_max_iter)
-            corr = model.image_cov.matmul(apply_ray_trafo_adjoint(model.ray_trafo, alpha))
+            corr = model.image_cov.matmul(model.ray_trafo.rmatmul(alpha))
     return x_hat + corr.to(torch.float64).reshape(x_hat.shape), info
 
 
@@ -224,7 +194,7 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
     with torch.no_grad():
         cross = []  # G = C Aᵀ U, (n_pix, r)
         for i in range(0, rank, batch_size):
-            u = apply_ray_trafo_adjoint(model.ray_trafo, basis[:, i:i + batch_size].to(dtype))
+            u = model.ray_trafo.rmatmul(basis[:, i:i + batch_size].to(dtype))
             cross.append(model.image_cov.matmul(u).to(f64))
             bar.update()
         cross = torch.cat(cross, 1)
@@ -232,7 +202,7 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
         for start in range(0, num_samples, batch_size):
             b = min(batch_size, num_samples - start)
             x0 = model.image_cov.sample(b, generator).to(f64)
-            proj = basis.mT @ apply_ray_trafo(model.ray_trafo, x0.to(dtype)).to(f64)
+            proj = basis.mT @ model.ray_trafo.matmul(x0.to(dtype)).to(f64)
             proj += math.sqrt(nv) * torch.randn(rank, b, generator=generator, dtype=f64,
                                                 device=basis.device)
             errors.append((x0 - cross @ (gain.unsqueeze(1) * proj)).mT)
@@ -287,7 +257,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
             x0 = jac.jvp(prior.sample(b, generator, dtype=prior.log_variance.dtype).to(dtype))
             eps = torch.randn(model.num_obs, b, generator=generator, dtype=dtype,
                               device=jac.device) * nv.to(dtype).sqrt()
-            y0 = apply_ray_trafo(model.ray_trafo, x0) + eps
+            y0 = model.ray_trafo.matmul(x0) + eps
             if chol is not None:
                 alpha = torch.cholesky_solve(y0.to(torch.float64), chol)
                 corr = cross @ alpha
@@ -295,7 +265,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                 alpha, info = pcg(model.obs_cov.matmul, y0, precond=precond, tol=cg_tol,
                                   max_iter=cg_max_iter)
                 infos.append(info)
-                corr = model.image_cov.matmul(apply_ray_trafo_adjoint(model.ray_trafo, alpha))
+                corr = model.image_cov.matmul(model.ray_trafo.rmatmul(alpha))
             errors.append((x0.to(torch.float64) - corr.to(torch.float64)).mT)
         err = torch.cat(errors).reshape(num_samples, 1, *jac.im_shape)
     return SampledPredictive(x_mean, x_mean + err, eta2, infos)

@@ -28,7 +28,7 @@ from bayes_dip.output_folder import atomic_write
 
 from .covariance import ImageCovariance, TermWeights, term_grams
 from .heldout import ObservationSpectrum
-from .jacobian import NetworkJacobian, apply_ray_trafo, apply_ray_trafo_adjoint
+from .jacobian import NetworkJacobian
 from .priors import WeightPrior
 
 __all__ = ["SubspaceCovariance"]
@@ -76,11 +76,11 @@ class SubspaceCovariance:
                 basis = torch.eye(n_obs, dtype=f64, device=jac.device)
             else:
                 sketch = torch.cat([
-                    apply_ray_trafo(ray_trafo, jac.jvp(
+                    ray_trafo.matmul(jac.jvp(
                         prior.sample(min(batch_size, rank - i), generator).to(jac.dtype)))
                     for i in range(0, rank, batch_size)], 1)
                 basis = torch.linalg.qr(sketch.to(f64)).Q
-            cot = apply_ray_trafo_adjoint(ray_trafo, basis.to(jac.dtype))
+            cot = ray_trafo.rmatmul(basis.to(jac.dtype))
             terms, radii, grams = term_grams(jac, prior, cot, batch_size=batch_size,
                                              progress=progress)
             grams_t = torch.stack(grams)
@@ -90,7 +90,7 @@ class SubspaceCovariance:
                 z = torch.randn(n_obs, tail_probes, generator=generator, dtype=f64,
                                 device=jac.device)
                 z = z - basis @ (basis.mT @ z)
-                cot = apply_ray_trafo_adjoint(ray_trafo, z.to(jac.dtype))
+                cot = ray_trafo.rmatmul(z.to(jac.dtype))
                 _, _, probe_grams = term_grams(jac, prior, cot, batch_size=batch_size)
                 tail = torch.stack([g.trace() for g in probe_grams]) / tail_probes
         weights = TermWeights(terms, radii, prior.layout, f64, jac.device)

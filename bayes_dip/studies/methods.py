@@ -69,11 +69,9 @@ def _dip_info(dip) -> dict:
 
 def _variance_factor(ctx: MethodContext) -> float:
     """``c_A`` of the setting's ray transform (one SVD per geometry, cached on the context)."""
-    from bayes_dip.linearized import image_noise_variance
-
     key = ("variance_factor", ctx.setting.key)
     if key not in ctx.shared:
-        ctx.shared[key] = image_noise_variance(ctx.ray_trafo, 1.0)
+        ctx.shared[key] = ctx.ray_trafo.variance_factor()
     return ctx.shared[key]
 
 
