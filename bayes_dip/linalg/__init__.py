@@ -1,4 +1,4 @@
-"""Matrix-free linear algebra: operators, PCG, preconditioners, stochastic estimators, sketches.
+"""Matrix-free linear algebra: PCG, preconditioners, stochastic estimators, sketches.
 
 Shared by the generic Laplace core and the linearised DIP. Everything works on column
 blocks ``V (n, k)``, in float32 or float64, on the device of its inputs.
@@ -7,9 +7,6 @@ from .cg import CGInfo, inv_quad, pcg
 from .estimators import (Estimate, hutchinson_diagonal, hutchinson_trace, hutchpp_trace,
                          lanczos_tridiag, logdet_grad_probes, logdet_surrogate, sample_probes,
                          slq_logdet)
-from .operators import (DenseOperator, DiagonalOperator, LinearOperatorAdapter, MatmulOperator,
-                        Operator, ProductOperator, ScaledOperator, SumOperator, TransposeOperator,
-                        as_operator)
 from .preconditioners import (JacobiPreconditioner, LowRankPreconditioner, NystromPreconditioner,
                               PivotedCholesky, PivotedCholeskyPreconditioner, Preconditioner,
                               RandomizedEighPreconditioner, pivoted_cholesky)
@@ -19,8 +16,6 @@ __all__ = [
     "CGInfo", "pcg", "inv_quad",
     "Estimate", "sample_probes", "hutchinson_trace", "hutchpp_trace", "hutchinson_diagonal",
     "lanczos_tridiag", "slq_logdet", "logdet_grad_probes", "logdet_surrogate",
-    "Operator", "DenseOperator", "MatmulOperator", "DiagonalOperator", "SumOperator",
-    "ProductOperator", "ScaledOperator", "TransposeOperator", "LinearOperatorAdapter", "as_operator",
     "Preconditioner", "JacobiPreconditioner", "LowRankPreconditioner", "NystromPreconditioner",
     "RandomizedEighPreconditioner", "PivotedCholeskyPreconditioner", "PivotedCholesky",
     "pivoted_cholesky",

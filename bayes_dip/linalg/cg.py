@@ -47,8 +47,8 @@ def pcg(matmul: Callable[[Tensor], Tensor] | Tensor, rhs: Tensor, precond: objec
     """Solve ``K X = rhs`` for SPD ``K`` by (preconditioned) CG, column by column in one batch.
 
     Args:
-        matmul: ``V (n, k) -> K V``; a callable, an :class:`~bayes_dip.linalg.Operator`, a
-            ``linear_operator`` object or a dense ``(n, n)`` tensor.
+        matmul: ``V (n, k) -> K V``; a callable, an object with ``shape`` and ``matmul``
+            (e.g. a ``linear_operator`` ``LinearOperator``) or a dense ``(n, n)`` tensor.
         rhs: ``(n, k)`` right-hand sides (or ``(n,)``).
         precond: ``None``, an object with ``.solve(V) ≈ K⁻¹ V`` (SPD), or such a callable.
         tol: relative residual ``‖b − K x‖ / ‖b‖`` every column must reach (> 0).
