@@ -25,6 +25,7 @@ from bayes_dip.dip import dip_config_from_data, reconstruct_dip
 from bayes_dip.linearized import LinearizedDIP
 from bayes_dip.metrics import psnr
 from bayes_dip.problem import simulated_problem
+from bayes_dip.studies import Prediction
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels
 
 torch.manual_seed(0)
@@ -56,10 +57,10 @@ lin = LinearizedDIP(dip.net, dip.net_input, A, problem.sinogram, gamma=config.ga
                     noise_variance=how["noise_std"] ** 2)
 lin.optimize_hyperparameters("auto", predcp_scale=0.1, steps=100, progress=False)
 result = lin.estimate_uncertainty()
-inside = ((result.mean - x).abs() <= 1.96 * result.std).double().mean()
+pred = Prediction.from_uncertainty(result)  # the predictive type every method returns
 print(f"evidence mode {result.mode}; test log-likelihood "
-      f"{result.log_likelihood(x.double()):.2f} per pixel; {inside:.0%} of the pixels "
-      "inside the 95 % band")
+      f"{pred.log_likelihood(x.double()).per_pixel:.2f} per pixel; "
+      f"{pred.coverage(x)['0.95']:.0%} of the pixels inside the 95 % band")
 
 # %%
 # A check without the ground truth: each projection is predicted from all the others; its

@@ -8,6 +8,7 @@ import torch
 
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
 from bayes_dip.dip import UNet
+from bayes_dip.studies import Prediction
 from bayes_dip.linearized import (EvidenceConfig, ExactPredictive, LinearizedDIP,
                                   SampledPredictive, estimate_uncertainty)
 
@@ -38,8 +39,10 @@ def test_exact_mll_and_tv_map(problem):
     assert bool((result.std > 0).all())
     assert set(result.hyperparameters) == {"inc", "down_0", "up_0", "skip_0", "outc"}
     assert result.noise_variance == pytest.approx(mll.noise_variance)
-    assert math.isfinite(result.log_likelihood(truth))
-    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    pred = Prediction.from_uncertainty(result, 2)
+    assert pred.covariance is result.predictive.covariance and pred.gallery.shape[0] == 2
+    ll = pred.log_likelihood(truth)
+    assert ll.kind == "full" and math.isfinite(ll.per_pixel)
     assert {"structure", "evidence", "predictive"} <= set(result.seconds)
 
     lin.reset_hyperparameters()  # TV-MAP on the same Grams
@@ -64,7 +67,8 @@ def test_stochastic_mode_and_one_call(problem, tmp_path):
     result = lin.estimate_uncertainty(num_samples=8, precond_rank=10)
     assert result.mode == "stochastic" and isinstance(result.predictive, SampledPredictive)
     assert result.samples.shape == (8, 1, 8, 8)
-    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    ll = Prediction.from_uncertainty(result).log_likelihood(truth, patch_size=2)
+    assert ll.kind == "patchwise-2" and math.isfinite(ll.per_pixel)
     gprior = LinearizedDIP(net, x, rt, y, gprior=True)
     assert [b.name for b in gprior.model.prior.layout.blocks] == ["gprior"]
     assert gprior.optimize_hyperparameters(steps=3, progress=False).steps == 3
@@ -115,7 +119,9 @@ def test_lowrank_mode_tv_map(problem):
     result = lin.estimate_uncertainty(num_samples=8, variance_samples=64)
     assert result.mode == "lowrank" and isinstance(result.predictive, SampledPredictive)
     assert result.samples.shape[0] == 8 and result.predictive.samples.shape[0] == 64
-    assert math.isfinite(result.log_likelihood(truth, patch_size=2))
+    pred = Prediction.from_uncertainty(result)  # all 64 draws, η² added to their covariance
+    assert pred.samples.shape[0] == 64 and pred.added_variance == result.image_noise
+    assert math.isfinite(pred.log_likelihood(truth, patch_size=2).per_pixel)
     first = lin.subspace()
     lin.reset_subspace()  # sketched again, at the optimised hyperparameters
     assert lin.subspace() is not first and lin.subspace() is lin.subspace()

@@ -3,7 +3,8 @@
     lin = LinearizedDIP(net, net_input, ray_trafo, y, gamma=1e-4)
     lin.optimize_hyperparameters(mode="auto", predcp_scale=1.0)   # TV-MAP; None: MLL
     result = lin.estimate_uncertainty(num_samples=16)
-    result.std, result.samples, result.hyperparameters, result.log_likelihood(ground_truth)
+    result.std, result.samples, result.hyperparameters
+    Prediction.from_uncertainty(result).log_likelihood(ground_truth)  # bayes_dip.studies
 
 ``mode="auto"`` picks the exact mode when its Gram matrices and the dense Jacobian fit in
 ``exact_memory`` bytes (KMNIST-sized problems), else the ``"lowrank"`` mode (the exact
@@ -57,18 +58,6 @@ class UncertaintyResult:
     predictive: ExactPredictive | SampledPredictive
     evidence: EvidenceResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-
-    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None) -> float:
-        """Test log-likelihood per pixel of ``ground_truth (1, 1, H, W)``.
-
-        Exact mode: under the full covariance (``patch_size=None``) or its patch-block-diagonal
-        part; low-rank and stochastic modes: patchwise from the samples (default patch size 10).
-        """
-        if isinstance(self.predictive, ExactPredictive):
-            if patch_size is None:
-                return self.predictive.log_likelihood(ground_truth).per_pixel
-            return self.predictive.patch_log_likelihood(ground_truth, patch_size).per_pixel
-        return self.predictive.log_likelihood(ground_truth, patch_size or 10).per_pixel
 
 
 class LinearizedDIP:

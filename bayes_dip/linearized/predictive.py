@@ -9,7 +9,8 @@
   Cholesky (with a StructuredCovariance) or preconditioned CG (matrix-free). ``η²`` is added
   analytically (std, patch covariances).
 
-The log-likelihoods are per pixel (:mod:`bayes_dip.metrics`).
+Both are structures, not scores: :meth:`bayes_dip.studies.Prediction.from_uncertainty` turns
+a result into the one predictive type that test log-likelihoods and coverage are read from.
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bayes_dip.linalg import CGInfo, Preconditioner, pcg, randomized_svd
-from bayes_dip.metrics import (LogLikelihood, image_patches, log_likelihood_full,
-                               log_likelihood_patchwise, patch_covariances_from_samples)
 
 from .covariance import StructuredCovariance
 from .heldout import ObservationSpectrum
@@ -95,16 +94,6 @@ class ExactPredictive:
         return self.mean.reshape(1, 1, *self.mean.shape[-2:]) + (chol @ eps).mT.reshape(
             num, 1, *self.mean.shape[-2:])
 
-    def log_likelihood(self, ground_truth: Tensor) -> LogLikelihood:
-        """Per-pixel ``log N(ground_truth | mean, covariance) / n_pix``."""
-        return log_likelihood_full(self.mean, self.covariance, ground_truth)
-
-    def patch_log_likelihood(self, ground_truth: Tensor, patch_size: int) -> LogLikelihood:
-        """Per-pixel log-likelihood under the patch-block-diagonal part of the covariance."""
-        patches = image_patches(tuple(self.mean.shape[-2:]), patch_size)
-        covs = [self.covariance[p][:, p] for p in patches]
-        return log_likelihood_patchwise(self.mean, ground_truth, patch_size, covariances=covs)
-
 
 def exact_predictive(model: LinearizedModel, structured: StructuredCovariance, *,
                      mean: Tensor | None = None, image_noise: float | str = "auto",
@@ -152,16 +141,6 @@ class SampledPredictive:
         """Pixel std ``(1, 1, H, W)``: ``√(mean_s e_s² + η²)`` (errors about the known mean)."""
         err = self.samples - self.mean
         return (err.square().mean(0, keepdim=True) + self.image_noise).sqrt()
-
-    def patch_covariances(self, patch_size: int):
-        """Sample covariances per patch, without ``η²``
-        (:func:`~bayes_dip.metrics.patch_covariances_from_samples`)."""
-        return patch_covariances_from_samples(self.samples, patch_size)
-
-    def log_likelihood(self, ground_truth: Tensor, patch_size: int = 10) -> LogLikelihood:
-        """Per-pixel patchwise log-likelihood (patch sizes 1, 2, 10 in the paper)."""
-        return log_likelihood_patchwise(self.mean, ground_truth, patch_size, samples=self.samples,
-                                        added_variance=self.image_noise)
 
 
 def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, num_samples: int,

@@ -319,15 +319,12 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
     info.update(noise_variance=result.noise_variance, image_noise=result.image_noise,
                 hyperparameters=result.hyperparameters)
     if exact:
-        return Prediction(mean=result.mean, std=result.std,
-                          covariance=result.predictive.covariance,
-                          gallery=result.samples[:ctx.config.figures.gallery_samples],
-                          network_output=dip.recon, heldout_z=heldout_z, seconds=seconds,
-                          info={**info, "jitter": result.predictive.jitter})
-    return Prediction(mean=result.mean, std=result.std, samples=result.predictive.samples,
-                      added_variance=result.image_noise, network_output=dip.recon,
-                      heldout_z=heldout_z, seconds=seconds,
-                      info={**info, "num_samples": result.predictive.samples.shape[0]})
+        info["jitter"] = result.predictive.jitter
+    else:
+        info["num_samples"] = result.predictive.samples.shape[0]
+    return Prediction.from_uncertainty(result, ctx.config.figures.gallery_samples,
+                                       network_output=dip.recon, heldout_z=heldout_z,
+                                       seconds=seconds, info=info)
 
 
 for _spec in (

@@ -82,6 +82,20 @@ class Prediction:
         if not self.added_variance >= 0:
             raise ValueError(f"added_variance must be >= 0, got {self.added_variance}")
 
+    @classmethod
+    def from_uncertainty(cls, result, gallery_samples: int = 0, **fields: Any) -> "Prediction":
+        """The predictive of a linearised-DIP :class:`~bayes_dip.linearized.UncertaintyResult`:
+        its full covariance (exact mode; ``gallery_samples`` of its samples kept for figures)
+        or all its draws with the image noise ``η²`` as ``added_variance`` (sampled modes).
+        ``fields`` go to the constructor (``seconds``, ``info``, ``network_output``, ...)."""
+        pred = result.predictive
+        covariance = getattr(pred, "covariance", None)
+        if covariance is not None:
+            return cls(mean=result.mean, std=result.std, covariance=covariance,
+                       gallery=result.samples[:gallery_samples], **fields)
+        return cls(mean=result.mean, std=result.std, samples=pred.samples,
+                   added_variance=result.image_noise, **fields)
+
     @property
     def variance(self) -> Tensor:
         """``(1, 1, H, W)`` pixel variances ``diag Σ``."""
