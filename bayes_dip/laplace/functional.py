@@ -1,18 +1,38 @@
-"""The network as a function of its subset weights: ``f(θ, inputs)`` for ``torch.func``.
+"""The network as a function of its subset weights: ``f(θ, inputs)`` for ``torch.func``, and
+the Jacobian products every curvature, evidence and predictive of the package is built from.
 
 Weights outside the subset stay as they are in the model. For a subset with a head module
 (last layer) ``inputs`` are the head's input features, computed once by :meth:`prepare`;
 otherwise ``inputs`` are the model inputs.
+
+:func:`jvp_rows` / :func:`vjp_rows` are the one implementation of ``J V`` and ``Jᵀ U`` on
+blocks of directions (forward- and reverse-mode, batched with ``vmap``): the GGN operator of
+classifiers and the linearised DIP's :class:`~bayes_dip.linearized.NetworkJacobian` use them.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from typing import Callable
+
+from torch.func import functional_call, jacrev, jvp, vmap
 
 from .subsets import WeightSubset
 
-__all__ = ["ModelFunction"]
+__all__ = ["ModelFunction", "jvp_rows", "vjp_rows"]
+
+
+def jvp_rows(f: Callable[[Tensor], Tensor], theta: Tensor, tangents: Tensor,
+             chunk_size: int | None = None) -> Tensor:
+    """``J t`` at ``theta`` for every row ``t`` of ``tangents (k, P)`` -> ``(k, *f(θ).shape)``
+    (forward mode; ``chunk_size`` rows per vmapped batch, ``None``: all)."""
+    return vmap(lambda t: jvp(f, (theta,), (t,))[1], chunk_size=chunk_size)(tangents)
+
+
+def vjp_rows(pullback: Callable, cotangents: Tensor, chunk_size: int | None = None) -> Tensor:
+    """``Jᵀ u`` for every row ``u`` of ``cotangents (k, *out)`` -> ``(k, P)``, with the
+    ``pullback`` of ``torch.func.vjp(f, θ)`` (one forward pass serves any number of rows)."""
+    return vmap(lambda c: pullback(c)[0], chunk_size=chunk_size)(cotangents)
 
 
 class ModelFunction:

@@ -2,10 +2,11 @@
 
 ``f(θ) = net(net_input)`` with the weights of :func:`~bayes_dip.linearized.priors.weight_layout`
 replaced by ``θ`` and every other parameter (biases, norms) and buffer held fixed at the
-trained values. ``J v`` is a forward-mode JVP, ``Jᵀ u`` a VJP (``torch.func``), both batched
-over columns with ``vmap``. Products take column blocks: ``jvp(V (P, k)) -> (n_pix, k)``,
-``vjp(U (n_pix, k)) -> (P, k)``; pixels are the row-major ``H·W`` pixels of the single output
-image.
+trained values: the Laplace core's :class:`~bayes_dip.laplace.functional.ModelFunction` of
+those weights. ``J v`` is a forward-mode JVP, ``Jᵀ u`` a VJP, both by the core's
+:func:`~bayes_dip.laplace.functional.jvp_rows` / ``vjp_rows`` (batched with ``vmap``).
+Products take column blocks: ``jvp(V (P, k)) -> (n_pix, k)``, ``vjp(U (n_pix, k)) -> (P, k)``;
+pixels are the row-major ``H·W`` pixels of the single output image.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import vjp
 
+from bayes_dip.laplace.functional import ModelFunction, jvp_rows, vjp_rows
+from bayes_dip.laplace.subsets import WeightSubset
 from bayes_dip.linalg import SVDResult, randomized_svd
 
 from .priors import WeightLayout, weight_layout
@@ -55,14 +58,15 @@ class NetworkJacobian:
         self.net.requires_grad_(False)
         self.net_input = net_input.detach().to(dtype)
         self.chunk_size = chunk_size
-        state = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
-        prior = set(self.layout.params)
-        self._fixed = {k: v.detach() for k, v in state.items() if k not in prior}
-        self._shapes = [(name, tuple(state[name].shape)) for name in self.layout.params]
-        self.theta = torch.cat([state[name].detach().reshape(-1) for name in self.layout.params])
+        params = dict(self.net.named_parameters())
+        # θ in the layout's block order (the core's model function of those weights)
+        self.fn = ModelFunction(self.net, WeightSubset(
+            self.layout.params, tuple(params[n].shape for n in self.layout.params),
+            (None,) * len(self.layout.params)))
+        self.theta = self.fn.theta()
         self._pullback = None
         with torch.no_grad():
-            out = functional_call(self.net, state, (self.net_input,))
+            out = self.fn(self.theta, self.net_input)
         if out.dim() != 4 or out.shape[:2] != (1, 1):
             raise ValueError("net must output one single-channel image (1, 1, H, W), got "
                              f"{tuple(out.shape)}")
@@ -90,21 +94,12 @@ class NetworkJacobian:
 
     def forward(self, theta: Tensor) -> Tensor:
         """``f(θ)`` flattened to ``(n_pix,)`` (differentiable in ``θ``)."""
-        params, offset = dict(self._fixed), 0
-        for name, shape in self._shapes:
-            size = math.prod(shape)
-            params[name] = theta[offset:offset + size].view(shape)
-            offset += size
-        return functional_call(self.net, params, (self.net_input,)).reshape(-1)
+        return self.fn(theta, self.net_input).reshape(-1)
 
     def jvp(self, v: Tensor) -> Tensor:
         """``J V`` for ``V (P, k)`` or ``(P,)`` -> ``(n_pix, k)`` / ``(n_pix,)``."""
         v, vector = self._block(v, self.num_params, "v")
-
-        def single(t: Tensor) -> Tensor:
-            return jvp(self.forward, (self.theta,), (t,))[1]
-
-        out = vmap(single, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(v)
+        out = jvp_rows(self.forward, self.theta, v.mT, self.chunk_size).mT
         return out.squeeze(1) if vector else out
 
     def vjp(self, u: Tensor) -> Tensor:
@@ -112,8 +107,7 @@ class NetworkJacobian:
         u, vector = self._block(u, self.num_pixels, "u")
         if self._pullback is None:  # one forward pass, kept for all later products
             self._pullback = vjp(self.forward, self.theta)[1]
-        pull = self._pullback
-        out = vmap(lambda c: pull(c)[0], in_dims=1, out_dims=1, chunk_size=self.chunk_size)(u)
+        out = vjp_rows(self._pullback, u.mT, self.chunk_size).mT
         return out.squeeze(1) if vector else out
 
     def dense(self, batch_size: int = 256) -> Tensor:

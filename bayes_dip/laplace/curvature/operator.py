@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp
 from tqdm.auto import tqdm
 
 from ..batches import Batches
-from ..functional import ModelFunction
+from ..functional import ModelFunction, jvp_rows, vjp_rows
 from .output import OutputCurvature
 
 __all__ = ["GGNOperator"]
@@ -49,9 +49,9 @@ class GGNOperator:
         out = torch.zeros_like(block)
         for f_of, y in self._passes():
             f, pullback = vjp(f_of, self.theta)
-            jv = vmap(lambda c: jvp(f_of, (self.theta,), (c,))[1], chunk_size=self.chunk_size)(block.T)
+            jv = jvp_rows(f_of, self.theta, block.T, self.chunk_size)
             hjv = self.curv.matmul(f.detach(), y, jv)
-            out += vmap(pullback, chunk_size=self.chunk_size)(hjv)[0].T
+            out += vjp_rows(pullback, hjv, self.chunk_size).T
         out = out.to(v.dtype)
         return out.squeeze(1) if vector else out
 
@@ -64,5 +64,5 @@ class GGNOperator:
             eps = torch.randn(n_samples, f.shape[0], self.curv.rank(f), generator=generator,
                               dtype=f.dtype, device=f.device)
             cot = self.curv.factor_matmul(f, y, eps)
-            out += vmap(pullback, chunk_size=self.chunk_size)(cot)[0].T
+            out += vjp_rows(pullback, cot, self.chunk_size).T
         return out
