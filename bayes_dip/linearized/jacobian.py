@@ -99,7 +99,7 @@ class NetworkJacobian:
     def jvp(self, v: Tensor) -> Tensor:
         """``J V`` for ``V (P, k)`` or ``(P,)`` -> ``(n_pix, k)`` / ``(n_pix,)``."""
         v, vector = self._block(v, self.num_params, "v")
-        out = jvp_rows(self.forward, self.theta, v.mT, self.chunk_size).mT
+        out = jvp_rows(self.forward, self.theta, v.mT.contiguous(), self.chunk_size).mT
         return out.squeeze(1) if vector else out
 
     def vjp(self, u: Tensor) -> Tensor:
