@@ -8,6 +8,7 @@ on the command line and in a study.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,10 +93,14 @@ def _quality(x: torch.Tensor, problem: CTProblem) -> dict:
 def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) -> dict:
     """Run the job described by ``settings`` (see :data:`bayes_dip.cli.RECONSTRUCT_DEFAULTS`).
 
-    ``checkpoint_dir``: folder for the DIP (``dip/``) and evidence (``evidence.pt``)
-    checkpoints; a run resumes from those it finds there. Returns the metrics written to
+    ``checkpoint_dir``: folder for the stage checkpoints of the method (``dip/``,
+    ``subspace.pt``, ``evidence-*.pt``, ...); a run resumes from those it finds there
+    (``None``: a temporary folder, removed afterwards). Returns the metrics written to
     ``metrics.json``.
     """
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bayes_dip_reconstruct_") as tmp:
+            return run_reconstruct(settings, tmp)
     start = time.perf_counter()
     _check_uncertainty_settings(settings)
     source = next((k for k in ("image", "kmnist", "htc2022") if settings[k] is not None), None)
@@ -112,9 +117,8 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
                                          gamma=settings["gamma"], lr=settings["lr"],
                                          seed=settings["seed"])
     study = method_config(settings, config, derived["noise_std"] ** 2)
-    cache = Path(settings["out"] + ".partial") if checkpoint_dir is None else Path(checkpoint_dir)
-    ctx = MethodContext(problem, study, _setting(settings, problem), problem.name, cache,
-                        progress=not settings["quiet"])
+    ctx = MethodContext(problem, study, _setting(settings, problem), problem.name,
+                        Path(checkpoint_dir), progress=not settings["quiet"])
     gt = problem.ground_truth
     pred = None
     if settings["uncertainty"]:

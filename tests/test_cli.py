@@ -276,3 +276,17 @@ def test_help_is_plain_text(capsys):
                    "--threads",
                    "<out>.partial", "--restart", "--htc2022 FILE is a measured"):
         assert phrase in rec, phrase
+
+
+def test_run_reconstruct_without_checkpoint_dir_leaves_no_checkpoints(tmp_path, data_root):
+    """The Python entry point (used by the benchmark scripts) checkpoints into a temporary
+    folder that goes with the run."""
+    from bayes_dip.cli import RECONSTRUCT_DEFAULTS
+    from bayes_dip.reconstruct import run_reconstruct
+
+    out = tmp_path / "run"
+    settings = dict(RECONSTRUCT_DEFAULTS, kmnist=0, data_root=str(data_root), angles=5,
+                    iterations=5, method="dip-evidence", out=str(out), quiet=True)
+    metrics = run_reconstruct(settings)
+    assert metrics["uncertainty"]["method"] == "DIP (evidence σ²)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
