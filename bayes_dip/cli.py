@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "/ without the TV-PredCP hyperprior; mcdo: MC-dropout DIP; "
                           "dip-evidence / dip: DIP with a homoscedastic variance, evidence-"
                           "optimised / sigma_y^2 = 1")
-    unc.add_argument("--evidence", choices=("auto", "exact", "lowrank", "stochastic"),
+    unc.add_argument("--evidence",
                      help="evidence of the linearised DIP: exact (small images), lowrank "
                           "(rank-400 observation subspace; large images) or stochastic "
                           "(Hutchinson + CG, the paper's); default auto by size")
@@ -205,10 +205,14 @@ def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
             verb = "does" if len(misplaced) == 1 else "do"
             raise ValueError(f"{'/'.join(misplaced)} {verb} not apply to --htc2022: a measured "
                              "scan has its own angles and noise; remove them")
+    from bayes_dip.linearized import EVIDENCE_MODES
     from bayes_dip.studies.methods import METHODS
     if settings["method"] not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, "
                          f"got {settings['method']!r}")
+    if settings["evidence"] != "auto" and settings["evidence"] not in EVIDENCE_MODES:
+        raise ValueError(f"--evidence must be auto or one of {', '.join(EVIDENCE_MODES)}, "
+                         f"got {settings['evidence']!r}")
     for key, applies, where in _APPLICABILITY:
         if key in given and not applies(settings):
             warnings.warn(f"{_option(key)} applies to {where} only; ignored")

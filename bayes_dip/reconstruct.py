@@ -19,6 +19,7 @@ import yaml
 from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
 from bayes_dip.dip import DIPConfig
 from bayes_dip.dip.settings import dip_config_from_data
+from bayes_dip.linearized import EVIDENCE_MODES
 from bayes_dip.metrics import pixel_calibration, psnr, ssim, std_error_correlation
 from bayes_dip.output_folder import atomic_output_folder
 from bayes_dip.problem import CTProblem, load_problem
@@ -30,11 +31,6 @@ from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels, plot_z_sco
 
 __all__ = ["run_reconstruct", "default_dip_config", "method_config"]
 
-#: evidence steps of `--evidence stochastic` on the command line unless given; the
-#: paper's 3,000 take hours on a CPU, so the default job refines the initial hyperparameters only
-DEFAULT_STOCHASTIC_STEPS = 20
-#: relative CG residual of the command line's Matheron samples
-SAMPLE_CG_TOL = 1e-3
 #: patch size of the command line's patchwise test log-likelihood (sampled predictives)
 PATCH_SIZE = 10
 
@@ -54,15 +50,16 @@ def method_config(settings: dict, dip: DIPConfig, noise_variance: float) -> Stud
     and stopped once converged; checked by the method's own validation."""
     evidence = dict(mode=settings["evidence"], noise_variance=noise_variance,
                     stop_when_converged=True)
-    steps = settings["evidence_steps"]
-    if steps is None and settings["evidence"] == "stochastic":
-        steps = DEFAULT_STOCHASTIC_STEPS
-    if steps is not None:
-        evidence["steps"] = steps
     predictive = dict(num_samples=settings["samples"], mean=settings["mean"],
                       calibrate=settings["calibrate"])
-    if settings["evidence"] == "stochastic":
-        predictive["cg_tol"] = SAMPLE_CG_TOL
+    mode = EVIDENCE_MODES.get(settings["evidence"])  # None for "auto": exact or low-rank
+    steps = settings["evidence_steps"]
+    if steps is None and mode is not None:
+        steps = mode.command_line_steps
+    if steps is not None:
+        evidence["steps"] = steps
+    if mode is not None:
+        predictive.update(mode.command_line_sampler)
     config = StudyConfig(
         name="reconstruct", methods=(settings["method"],), settings=(), seed=settings["seed"],
         device=settings["device"], dip=dip, evidence=evidence,

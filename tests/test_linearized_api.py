@@ -179,3 +179,30 @@ def test_subspace_checkpoint_is_read_back_for_the_same_model_only(problem, tmp_p
                           checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="subspace of another network, prior or rank"):
         other.subspace(seed=3)
+
+
+def test_a_new_evidence_mode_is_one_registered_object(problem):
+    """A mode registered under a new name works through LinearizedDIP, EvidenceConfig and
+    the held-out checks; names are unique."""
+    from bayes_dip.linearized import EVIDENCE_MODES, register_mode
+    from bayes_dip.linearized.modes import ExactMode
+
+    class HalfStepsExact(ExactMode):
+        name = "exact-short"
+        default_steps = 7
+
+    register_mode(HalfStepsExact())
+    try:
+        net, x, rt, y, truth = problem
+        lin = LinearizedDIP(net, x, rt, y, gamma=1e-3)
+        result = lin.optimize_hyperparameters("exact-short", progress=False)
+        assert result.steps == 7 and lin.mode == "exact-short"
+        assert EvidenceConfig(mode="exact-short").mode == "exact-short"
+        assert lin.heldout("angle").z.numel() > 0
+        assert lin.estimate_uncertainty(num_samples=2).mode == "exact-short"
+        with pytest.raises(ValueError, match="taken"):
+            register_mode(HalfStepsExact())
+    finally:
+        del EVIDENCE_MODES["exact-short"]
+    with pytest.raises(ValueError, match="mode"):
+        LinearizedDIP(net, x, rt, y).optimize_hyperparameters("exact-short")

@@ -17,6 +17,7 @@ from .covariance import (ImageCovariance, ObservationCovariance, StructuredCovar
 from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, optimize_evidence
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
+from .modes import EVIDENCE_MODES, EvidenceMode, register_mode
 from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
 from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
@@ -32,7 +33,7 @@ __all__ = [
     "WeightPrior", "KERNEL_JITTER",
     "ImageCovariance", "ObservationCovariance", "StructuredCovariance", "joint_block_basis",
     "SubspaceCovariance",
-    "LinearizedModel",
+    "LinearizedModel", "EVIDENCE_MODES", "EvidenceMode", "register_mode",
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
     "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",

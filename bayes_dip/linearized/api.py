@@ -27,15 +27,14 @@ from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
 from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
-from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
-from .predictive import (ExactPredictive, SampledPredictive, conditional_mean,
-                         exact_predictive, sample_predictive, subspace_predictive)
+from .modes import EVIDENCE_MODES
+from .predcp import predcp_rate
+from .predictive import ExactPredictive, SampledPredictive
 from .priors import WeightPrior, distance_classes, gprior_layout
 from .subspace import SubspaceCovariance
 
 __all__ = ["LinearizedDIP", "UncertaintyResult", "estimate_uncertainty"]
 
-_MODES = ("auto", "exact", "lowrank", "stochastic")
 _MEANS = ("dip", "posterior")
 
 
@@ -149,8 +148,11 @@ class LinearizedDIP:
         return jac_bytes + 8 * terms * (n_pix ** 2 + n_obs * (n_obs + 1) // 2)
 
     def resolve_mode(self, mode: str) -> str:
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        """``mode`` itself, or for ``"auto"`` the exact mode when it fits ``exact_memory``,
+        else the low-rank one."""
+        if mode != "auto" and mode not in EVIDENCE_MODES:
+            raise ValueError(f"mode must be 'auto' or one of {tuple(EVIDENCE_MODES)}, "
+                             f"got {mode!r}")
         if mode == "auto":
             return "exact" if self.exact_memory_estimate() <= self.exact_memory else "lowrank"
         return mode
@@ -213,9 +215,10 @@ class LinearizedDIP:
         ``checkpoint_path`` when one exists.
         """
         mode = self.resolve_mode(mode)
+        spec = EVIDENCE_MODES[mode]
         base = config or EvidenceConfig()
         if steps is None:
-            steps = base.steps if config is not None else (3000 if mode == "stochastic" else 1500)
+            steps = base.steps if config is not None else spec.default_steps
         given = {k: v for k, v in (("weights", weights), ("progress", progress)) if v is not None}
         config = replace(base, mode=mode, steps=steps, **given, **overrides)
         predcp = None
@@ -223,19 +226,8 @@ class LinearizedDIP:
             if not self.gamma:
                 raise ValueError("predcp_scale needs gamma (the DIP's TV weight) > 0")
             rate = predcp_rate(predcp_scale, self.gamma, self.model.num_obs)
-            if mode == "exact":
-                predcp = ExactTVPredCP(self.structured, self.model.prior, rate)
-            elif mode == "lowrank":
-                gen = torch.Generator(device=self.jac.device).manual_seed(config.seed)
-                predcp = FixedSampleTVPredCP(self.jac, self.model.prior, rate,
-                                             num_samples=predcp_samples or 2, generator=gen)
-            else:
-                predcp = SampledTVPredCP(self.jac, rate, num_samples=predcp_samples or 20)
-        structured = None
-        if mode == "exact":
-            structured = self.structured
-        elif mode == "lowrank":
-            structured = self.subspace(config.seed)
+            predcp = spec.predcp(self, rate, predcp_samples, config.seed)
+        structured = spec.structure(self, config.seed)
         self.evidence = optimize_evidence(self.model, config, structured=structured,
                                           predcp=predcp, checkpoint_path=checkpoint_path)
         self.mode = mode
@@ -247,12 +239,7 @@ class LinearizedDIP:
         """``K_yy`` at the current hyperparameters as an :class:`ObservationSpectrum` (exact
         mode: full eigendecomposition; low-rank: the subspace plus its remainder)."""
         mode = self.resolve_mode(mode or self.mode or "auto")
-        nv = float(self.model.noise_variance.detach())
-        if mode == "exact":
-            return self.structured.spectrum(self.model.prior, nv)
-        if mode == "lowrank":
-            return self.subspace().spectrum(self.model.prior, nv)
-        raise ValueError("held-out checks need the 'exact' or 'lowrank' mode, got 'stochastic'")
+        return EVIDENCE_MODES[mode].spectrum(self, float(self.model.noise_variance.detach()))
 
     def heldout(self, kind: str = "angle", mode: str | None = None) -> HeldOutPredictive:
         """Predictive of each measurement (``"measurement"``) or projection (``"angle"``)
@@ -294,39 +281,11 @@ class LinearizedDIP:
             raise ValueError(f"mean must be one of {_MEANS}, got {mean!r}")
         mode = self.resolve_mode(mode or self.mode or "auto")
         t0 = time.perf_counter()
-        if mode == "exact":
-            center = self.recon if mean == "dip" else \
-                conditional_mean(self.model, structured=self.structured)[0]
-            out = exact_predictive(self.model, self.structured, mean=center,
-                                   image_noise=image_noise)
-        elif mode == "lowrank":
-            gen = torch.Generator(device=self.jac.device).manual_seed(seed)
-            spectrum = self.subspace(seed).spectrum(self.model.prior,
-                                                    float(self.model.noise_variance.detach()))
-            out = subspace_predictive(self.model, spectrum, num_samples, generator=gen,
-                                      mean=self.recon if mean == "dip" else "posterior",
-                                      image_noise=image_noise, **sample_kwargs)
-        else:
-            gen = torch.Generator(device=self.jac.device).manual_seed(seed)
-            if "precond" not in sample_kwargs:
-                sample_kwargs["precond"] = self._preconditioner(
-                    seed, sample_kwargs.pop("precond_rank", 200))
-            center = self.recon
-            if mean == "posterior":
-                center, self.mean_cg = conditional_mean(self.model,
-                                                        precond=sample_kwargs["precond"])
-            out = sample_predictive(self.model, num_samples, mean=center,
-                                    image_noise=image_noise, generator=gen, **sample_kwargs)
+        out = EVIDENCE_MODES[mode].predictive(self, num_samples=num_samples,
+                                              image_noise=image_noise, seed=seed, mean=mean,
+                                              **sample_kwargs)
         self.seconds["predictive"] = time.perf_counter() - t0
         return out
-
-    def _preconditioner(self, seed: int, rank: int):
-        """CG preconditioner of ``K_yy`` in the stochastic mode: a rank-``rank`` Nyström
-        sketch (``rank=0``: none)."""
-        if rank == 0:
-            return None
-        gen = torch.Generator(device=self.jac.device).manual_seed(seed)
-        return self.model.obs_cov.preconditioner(min(rank, self.model.num_obs - 1), gen)
 
     def estimate_uncertainty(self, mode: str | None = None, *, num_samples: int = 16,
                              variance_samples: int = 512, image_noise: float | str = "auto",
@@ -339,7 +298,7 @@ class LinearizedDIP:
         mode: from the ``num_samples`` CG samples (the paper uses 4,096).
         """
         mode = self.resolve_mode(mode or self.mode or "auto")
-        draws = max(num_samples, variance_samples) if mode == "lowrank" else num_samples
+        draws = EVIDENCE_MODES[mode].draws(num_samples, variance_samples)
         pred = self.predictive(mode, num_samples=draws, image_noise=image_noise, seed=seed,
                                mean=mean, **sample_kwargs)
         if isinstance(pred, ExactPredictive):

@@ -10,19 +10,21 @@ or, with ``θ*`` the mode of the linearised model (``weights="linearized_mode"``
 Gaussian marginal likelihood ``−log N(y | A(x̂ − J θ̂), K_yy)``. With a PredCP hyperprior
 its ``Σ_d −log p(ℓ_d)`` is added (TV-MAP).
 
+How the objective and its gradient are computed is the mode's
+(:mod:`bayes_dip.linearized.modes`):
+
 * ``mode="exact"``: :class:`~bayes_dip.linearized.covariance.StructuredCovariance`, Cholesky
   in float64, autograd; the value is the exact negative log evidence.
 * ``mode="lowrank"``: the same on a
   :class:`~bayes_dip.linearized.subspace.SubspaceCovariance` (rank-``r`` observation subspace
   plus isotropic remainder; large images): a lower bound on the evidence, exact at
   ``r = n_obs``, with the exact mode's millisecond steps.
-* ``mode="stochastic"``: ``∂ log|K_yy|`` by Hutchinson probes ``z ~ N(0, P)`` drawn from a
-  Nyström preconditioner ``P ≈ K_yy`` (refreshed every ``precond_every`` steps; its shift
-  follows σ_y² every step), ``E[(P⁻¹z)ᵀ ∂K (K⁻¹z)] = tr(K⁻¹ ∂K)``, ``K⁻¹ z`` by preconditioned
-  CG. The log-determinant itself is not computed; the reported value leaves it out.
+* ``mode="stochastic"``: Hutchinson probes and preconditioned CG for ``∂ log|K_yy|``; the
+  log-determinant itself is not computed, the reported value leaves it out.
 
 Checkpoints (atomic) hold the step, hyperparameters, Adam state, history, generator state and
-preconditioner, so a resumed run continues exactly like an uninterrupted one; with a checkpoint
+the mode's state (the stochastic mode's preconditioner), so a resumed run continues exactly
+like an uninterrupted one; with a checkpoint
 path a SIGINT/SIGTERM finishes the current step, checkpoints it and raises ``KeyboardInterrupt``.
 
 Convergence (:attr:`EvidenceResult.convergence`): over the last ``window`` steps the objective
@@ -44,17 +46,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from bayes_dip.linalg import LowRankPreconditioner, pcg
 from bayes_dip.output_folder import atomic_write
 from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
-from .subspace import SubspaceCovariance
 from .model import LinearizedModel
+from .modes.base import Objective
+from .subspace import SubspaceCovariance
 
 __all__ = ["EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence"]
 
-_MODES = ("exact", "lowrank", "stochastic")
 _WEIGHTS = ("map", "linearized_mode")
 
 
@@ -63,8 +64,9 @@ class EvidenceConfig:
     """Settings of :func:`optimize_evidence` (defaults: the paper's, DESIGN.md §5).
 
     Args:
-        mode: ``"exact"`` (needs a StructuredCovariance), ``"lowrank"`` (needs a
-            SubspaceCovariance) or ``"stochastic"``.
+        mode: a name of :data:`~bayes_dip.linearized.modes.EVIDENCE_MODES`: ``"exact"``
+            (needs a StructuredCovariance), ``"lowrank"`` (needs a SubspaceCovariance) or
+            ``"stochastic"``.
         steps: Adam steps (paper: 1,500 exact / 3,000 stochastic).
         lr: Adam learning rate (paper: 0.01).
         weights: ``θ*`` of the weight-norm term: ``"map"`` (θ̂) or ``"linearized_mode"``.
@@ -97,8 +99,10 @@ class EvidenceConfig:
     learn_noise_variance: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        from .modes import EVIDENCE_MODES
+
+        if self.mode not in EVIDENCE_MODES:
+            raise ValueError(f"mode must be one of {tuple(EVIDENCE_MODES)}, got {self.mode!r}")
         if self.weights not in _WEIGHTS:
             raise ValueError(f"weights must be one of {_WEIGHTS}, got {self.weights!r}")
         for name, minimum in (("steps", 0), ("num_probes", 1), ("cg_max_iter", 1),
@@ -162,72 +166,6 @@ def negative_log_evidence(model: LinearizedModel,
     return structured.gaussian_nll(model.prior, nv, residual) + const
 
 
-class _StochasticObjective:
-    """Loss whose gradient estimates that of the negative log evidence (matrix-free)."""
-
-    def __init__(self, model: LinearizedModel, config: EvidenceConfig, generator: torch.Generator):
-        self.model, self.config, self.generator = model, config, generator
-        self.precond: LowRankPreconditioner | None = None
-
-    def refresh_preconditioner(self) -> None:
-        if self.config.precond_rank > 0:
-            rank = min(self.config.precond_rank, self.model.num_obs - 1)
-            p = self.model.obs_cov.preconditioner(rank, self.generator)
-            self.precond = LowRankPreconditioner(p.eigvecs, p.eigvals, p.shift)
-
-    def _current_precond(self) -> LowRankPreconditioner | None:
-        if self.precond is None:
-            return None
-        return LowRankPreconditioner(self.precond.eigvecs, self.precond.eigvals,
-                                     float(self.model.noise_variance.detach()))
-
-    def _bilinear(self, a: Tensor, b: Tensor) -> Tensor:
-        """``Σ_i a_iᵀ K_yy(h) b_i`` for columns ``a, b (n_obs, k)`` (differentiable in ``h``)."""
-        model = self.model
-        ja = model.jac.vjp(model.ray_trafo.rmatmul(a.to(model.jac.dtype)))
-        jb = model.jac.vjp(model.ray_trafo.rmatmul(b.to(model.jac.dtype)))
-        dtype = model.prior.log_variance.dtype
-        quad = (ja.to(dtype) * model.prior.matmul(jb.to(dtype))).sum()
-        return quad + model.noise_variance * (a.to(dtype) * b.to(dtype)).sum()
-
-    def __call__(self) -> tuple[Tensor, dict[str, float]]:
-        model, cfg = self.model, self.config
-        precond = self._current_precond()
-        n, s = model.num_obs, cfg.num_probes
-        dtype = model.jac.dtype
-        with torch.no_grad():
-            if precond is not None:
-                z = precond.sample_probes(s, self.generator)
-            else:
-                z = torch.randn(n, s, generator=self.generator, dtype=dtype,
-                                device=model.jac.device)
-            rhs = z
-            if cfg.weights == "linearized_mode":
-                r = model.prior_mean_residual.to(dtype).unsqueeze(1)
-                rhs = torch.cat([z, r], 1)
-            sol, info = pcg(model.obs_cov.matmul, rhs, precond=precond, tol=cfg.cg_tol,
-                            max_iter=cfg.cg_max_iter)
-            w = precond.solve(z) if precond is not None else z
-        # ½ ∂log|K|: ½ mean_i (K⁻¹z_i)ᵀ ∂K (P⁻¹z_i)
-        surrogate = 0.5 * self._bilinear(sol[:, :s], w) / s
-        loss = surrogate - surrogate.detach()
-        nv = model.noise_variance
-        if cfg.weights == "map":
-            residual = model.residual
-            fit = (0.5 * residual.square().sum() / nv
-                   + 0.5 * model.prior.quadratic(scatter=model.theta_scatter))
-        else:
-            alpha = sol[:, s:]
-            r = model.prior_mean_residual
-            value = 0.5 * (r @ alpha.squeeze(1).to(r.dtype))
-            # gradient of ½ rᵀK⁻¹r is −½ αᵀ ∂K α
-            quad = -0.5 * self._bilinear(alpha, alpha)
-            fit = value + quad - quad.detach()
-        stats = {"cg_iterations": float(info.iterations),
-                 "cg_residual": float(info.residual_norms.max())}
-        return loss + fit + 0.5 * n * math.log(2 * math.pi), stats
-
-
 def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = None, *,
                       structured: StructuredCovariance | None = None, predcp=None,
                       checkpoint_path: str | os.PathLike | None = None,
@@ -251,10 +189,10 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
         raise TypeError(f"config must be an EvidenceConfig, got {type(config).__name__}")
     if not isinstance(model, LinearizedModel):
         raise TypeError(f"model must be a LinearizedModel, got {type(model).__name__}")
-    if config.mode == "exact" and not isinstance(structured, StructuredCovariance):
-        raise ValueError("mode='exact' needs structured=StructuredCovariance.build(...)")
-    if config.mode == "lowrank" and not isinstance(structured, SubspaceCovariance):
-        raise ValueError("mode='lowrank' needs structured=SubspaceCovariance.build(...)")
+    from .modes import EVIDENCE_MODES
+
+    mode = EVIDENCE_MODES[config.mode]
+    mode.check_structure(structured)
     if predcp is not None and not callable(predcp):
         raise TypeError("predcp must be None or callable(prior) -> Tensor")
     params = [p for name, p in model.named_parameters() if p.requires_grad
@@ -262,16 +200,14 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     optimizer = torch.optim.Adam(params, lr=config.lr)
     generator = torch.Generator(device=model.jac.device).manual_seed(config.seed)
     history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
-    stochastic = None
-    if config.mode == "stochastic":
-        stochastic = _StochasticObjective(model, config, generator)
+    loss = mode.objective(model, config, structured, generator)
     if predcp is not None and hasattr(predcp, "generator") and predcp.generator is None:
         predcp.generator = generator
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     objective_terms = _objective_terms(structured, predcp)
     start, elapsed = 0, 0.0
     if path is not None and resume and path.exists():
-        start, elapsed = _load(path, model, optimizer, history, generator, stochastic, config,
+        start, elapsed = _load(path, model, optimizer, history, generator, loss, config,
                                objective_terms)
 
     t0 = time.perf_counter()
@@ -282,18 +218,9 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
     try:
         with deferred_interrupts(path is not None) as stop:
             for step in bar:
-                if stochastic is not None and (step % config.precond_every == 0
-                                               or stochastic.precond is None):
-                    stochastic.refresh_preconditioner()
+                loss.before_step(step)
                 optimizer.zero_grad(set_to_none=True)
-                stats = {"cg_iterations": float("nan"), "cg_residual": float("nan")}
-                if stochastic is None:
-                    nle = negative_log_evidence(model, structured, config.weights)
-                    objective = nle
-                    nle_value = float(nle.detach()) / model.num_obs
-                else:
-                    objective, stats = stochastic()
-                    nle_value = float("nan")
+                objective, nle_value, stats = loss()
                 pc = predcp(model.prior) if predcp is not None else None
                 if pc is not None:
                     objective = objective + pc
@@ -303,13 +230,12 @@ def optimize_evidence(model: LinearizedModel, config: EvidenceConfig | None = No
                 _record(history, objective, nle_value, pc, model, stats,
                         elapsed + time.perf_counter() - t0)
                 if config.progress:
-                    bar.set_postfix(_postfix(history, model, stochastic is not None),
-                                    refresh=False)
+                    bar.set_postfix(_postfix(history, model), refresh=False)
                 done = step + 1
                 finished = done == config.steps or _converged_stop(config, history, model)
                 if path is not None and (done % config.checkpoint_every == 0
                                          or finished or stop.requested):
-                    _save(path, done, model, optimizer, history, generator, stochastic, config,
+                    _save(path, done, model, optimizer, history, generator, loss, config,
                           elapsed + time.perf_counter() - t0, objective_terms)
                 if stop.requested:
                     raise KeyboardInterrupt
@@ -335,17 +261,16 @@ def _grad_norm(params: list[Tensor]) -> float:
     return math.sqrt(sum(float(p.grad.square().sum()) for p in params if p.grad is not None))
 
 
-def _postfix(history: dict[str, list[float]], model: LinearizedModel,
-             stochastic: bool) -> dict[str, str]:
+def _postfix(history: dict[str, list[float]], model: LinearizedModel) -> dict[str, str]:
     """Progress-bar fields: the minimised objective per measurement and its parts."""
     n = model.num_obs
     post = {"objective/obs": f"{history['objective'][-1] / n:.4g}"}
-    if not stochastic:
+    if not math.isnan(history["neg_log_evidence"][-1]):
         post["nle/obs"] = f"{history['neg_log_evidence'][-1]:.4g}"
     if not math.isnan(history["predcp"][-1]):
         post["predcp/obs"] = f"{history['predcp'][-1] / n:.4g}"
     post["σ_y²"] = f"{history['noise_variance'][-1]:.3g}"
-    if stochastic:
+    if not math.isnan(history["cg_iterations"][-1]):
         post.update(cg_it=int(history["cg_iterations"][-1]),
                     cg_res=f"{history['cg_residual'][-1]:.1e}")
     return post
@@ -398,24 +323,19 @@ def _objective_terms(structured, predcp) -> dict[str, Any]:
 
 
 def _save(path: Path, step: int, model: LinearizedModel, optimizer: torch.optim.Optimizer,
-          history: dict[str, list[float]], generator: torch.Generator,
-          stochastic: _StochasticObjective | None, config: EvidenceConfig, seconds: float,
-          objective_terms: dict[str, Any]) -> None:
-    precond = None
-    if stochastic is not None and stochastic.precond is not None:
-        precond = (stochastic.precond.eigvecs, stochastic.precond.eigvals, stochastic.precond.shift)
+          history: dict[str, list[float]], generator: torch.Generator, loss: Objective,
+          config: EvidenceConfig, seconds: float, objective_terms: dict[str, Any]) -> None:
     hyper = {name: p.detach().clone() for name, p in model.named_parameters()}
     state = {"step": step, "hyperparameters": hyper,
              "optimizer": optimizer.state_dict(), "history": history,
-             "generator": generator.get_state(), "precond": precond,
+             "generator": generator.get_state(), "mode_state": loss.state(),
              "config": asdict(config), "objective": objective_terms, "seconds": seconds}
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
-          history: dict[str, list[float]], generator: torch.Generator,
-          stochastic: _StochasticObjective | None, config: EvidenceConfig,
-          objective_terms: dict[str, Any]) -> tuple[int, float]:
+          history: dict[str, list[float]], generator: torch.Generator, loss: Objective,
+          config: EvidenceConfig, objective_terms: dict[str, Any]) -> tuple[int, float]:
     state = torch.load(path, map_location=model.jac.device, weights_only=False)
     saved = dict(state["config"])
     for key in ("mode", "lr", "weights", "seed", "num_probes", "precond_rank", "precond_every",
@@ -440,6 +360,5 @@ def _load(path: Path, model: LinearizedModel, optimizer: torch.optim.Optimizer,
     for key in history:  # grad_norm: not recorded by older versions
         history[key].extend(state["history"].get(key, [float("nan")] * int(state["step"])))
     generator.set_state(state["generator"])
-    if stochastic is not None and state["precond"] is not None:
-        stochastic.precond = LowRankPreconditioner(*state["precond"])
+    loss.load_state(state.get("mode_state", state.get("precond")))  # "precond": older files
     return int(state["step"]), float(state["seconds"])

@@ -207,12 +207,12 @@ def _check_keys(section: dict, known: set[str], name: str) -> None:
 
 
 def _check_linearized(config: Any) -> None:
-    from bayes_dip.linearized import EvidenceConfig
+    from bayes_dip.linearized import EVIDENCE_MODES, EvidenceConfig
 
     ev = config.evidence
     _check_keys(ev, _LIN_MODEL_KEYS | _LIN_RUN_KEYS | _EVIDENCE_KEYS, "evidence")
-    if ev.get("mode", "auto") not in ("auto", "exact", "lowrank", "stochastic"):
-        raise ValueError("evidence.mode must be auto, exact, lowrank or stochastic, "
+    if ev.get("mode", "auto") != "auto" and ev["mode"] not in EVIDENCE_MODES:
+        raise ValueError(f"evidence.mode must be auto or one of {', '.join(EVIDENCE_MODES)}, "
                          f"got {ev['mode']!r}")
     try:
         EvidenceConfig(**{k: v for k, v in ev.items() if k in _EVIDENCE_KEYS | {"weights"}},
@@ -290,6 +290,8 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
     ``K_yy`` has structure (exact and low-rank modes); ``predictive.mean`` picks the DIP
     output or the linearised posterior mean. Low-rank mode: ``num_samples`` solve-free draws
     (at least 512 for the std map), all kept for the log-likelihood."""
+    from bayes_dip.linearized import EVIDENCE_MODES
+
     dip = ctx.dip()
     lin, evidence = _optimize(ctx, tvmap)
     pr = dict(ctx.config.predictive)
@@ -301,20 +303,20 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
             "neg_log_evidence_per_obs": nle[-1], "convergence": evidence.convergence,
             "mean": mean, **_dip_info(dip)}
     heldout_z = None
-    if lin.mode != "stochastic":  # the held-out checks need K_yy's structure
+    mode = EVIDENCE_MODES[lin.mode]
+    if mode.has_spectrum:  # the held-out checks need K_yy's eigen-structure
         if calibrate == "heldout":
             info["recalibration_scale"] = lin.recalibrate("angle")
         angle, single = lin.heldout("angle"), lin.heldout("measurement")
         heldout_z = angle.z
         info.update(heldout=angle.to_dict(), loo=single.to_dict())
-    exact = lin.mode == "exact"
+    exact = mode.full_covariance
     gallery = max(2, ctx.config.figures.gallery_samples)
-    if exact:  # only the linear-solver options of the sampled predictive are dropped
-        pr = {}
-    elif lin.mode == "lowrank":
-        pr["progress"] = ctx.progress
+    options = {k: v for k, v in {**pr, "progress": ctx.progress}.items()
+               if k in mode.sampler_options}  # e.g. the exact mode needs no solver options
     result = lin.estimate_uncertainty(num_samples=gallery if exact else num_samples,
-                                      image_noise=image_noise, seed=ctx.seed(4), mean=mean, **pr)
+                                      image_noise=image_noise, seed=ctx.seed(4), mean=mean,
+                                      **options)
     seconds = {"dip": dip.seconds, **result.seconds}
     info.update(noise_variance=result.noise_variance, image_noise=result.image_noise,
                 hyperparameters=result.hyperparameters)
