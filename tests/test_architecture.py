@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bayes_dip"
 
 #: tiers from the bottom; a unit imports only from its own tier or the ones below
 LAYERS = (
-    {"runtime", "output_folder"},
+    {"runtime", "output_folder", "checks"},
     {"ct"},
     {"data"},
     {"problem", "dip", "linalg"},
