@@ -6,6 +6,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import checks
+
 Matmul = Callable[[Tensor], Tensor]
 
 
@@ -56,23 +58,22 @@ def check_block(v: object, name: str, n: int | None = None) -> Tensor:
 
 
 def check_int(value: object, name: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``; ``TypeError`` for a non-int (or bool)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return checks.check_int(value, name, minimum)
 
 
 def check_positive(value: object, name: str) -> float:
+    """``value`` (a number or a one-element tensor) as a float ``> 0``; ``TypeError`` for
+    anything else."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
+    return checks.check_number(value, name, gt=0)
 
 
 def dtype_device(matmul: object, dtype: torch.dtype | None,

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from ._checks import as_matmul, as_solve, check_block, check_int, col_dot
 
 __all__ = ["CGInfo", "pcg", "inv_quad"]
@@ -72,8 +73,7 @@ def pcg(matmul: Callable[[Tensor], Tensor] | Tensor, rhs: Tensor, precond: objec
     n, k = b.shape
     apply_k = as_matmul(matmul, "matmul", n)
     apply_m = None if precond is None else as_solve(precond, "precond")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    check_number(tol, "tol", gt=0)
     max_iter = 10 * n if max_iter is None else check_int(max_iter, "max_iter", 0)
     if x0 is not None:
         x0 = check_block(x0.unsqueeze(1) if x0.dim() == 1 else x0, "x0", n)

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from ._checks import check_block, check_int, check_positive, randn
 from .randomized import nystrom, randomized_eigh
 
@@ -212,8 +213,7 @@ def pivoted_cholesky(diag: Tensor, row: Callable[[int], Tensor], rank: int,
     check_int(rank, "rank", 1)
     if rank > n:
         raise ValueError(f"rank must be <= n = {n}, got {rank}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    check_number(tol, "tol", ge=0)
 
     with torch.no_grad():
         d = diag.detach().to(torch.float64).clone()
