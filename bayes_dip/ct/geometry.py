@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bayes_dip.checks import check_int
+
 __all__ = ["ParallelBeamGeometry", "FanBeamGeometry", "Geometry"]
 
 
@@ -49,9 +51,7 @@ def _check_positive(name: str, value: float) -> float:
 def _check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return check_int(value, name, 1, allow_numpy=True)
 
 
 def _check_angles(angles) -> np.ndarray:

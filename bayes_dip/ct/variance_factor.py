@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse.linalg
 import torch
 
+from bayes_dip.checks import check_int, check_number
+
 __all__ = ["variance_factor"]
 
 #: ``n_obs · n_pix`` up to which the singular values come from a dense SVD
@@ -24,10 +26,8 @@ def variance_factor(ray_trafo, rank: int = 100, rcond: float = 1e-3) -> float:
     singular values: a dense SVD for small operators, else ARPACK (``scipy.sparse.linalg.svds``)
     on products with ``A`` and ``Aᵀ`` in float64 (a randomized sketch of the same rank
     under-estimates the smallest of them and over-states ``c_A`` by 16–32 % at 64²–256²)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if isinstance(rcond, bool) or not isinstance(rcond, (int, float)) or not 0 <= rcond < 1:
-        raise ValueError(f"rcond must be a number in [0, 1), got {rcond!r}")
+    check_int(rank, "rank", 1)
+    check_number(rcond, "rcond", ge=0, lt=1)
     n_obs, n_pix = ray_trafo.shape
     rank = min(rank, n_pix, n_obs)
     options = dict(dtype=torch.float64, device="cpu")

@@ -35,6 +35,7 @@ import scipy.io
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from bayes_dip.checks import check_int
 from bayes_dip.ct.geometry import FanBeamGeometry
 from bayes_dip.data.paths import require_file
 
@@ -160,8 +161,7 @@ def bin_detectors(sinogram: np.ndarray, factor: int, mode: str = "mean") -> np.n
     variance drops by ``factor``. ``mode="sum"`` adds them (values grow by ``factor``; use only
     with an operator scaled to match).
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"detector_binning must be a positive int, got {factor!r}")
+    check_int(factor, "detector_binning", 1, allow_numpy=True)
     if mode not in ("mean", "sum"):
         raise ValueError(f"binning_mode must be 'mean' or 'sum', got {mode!r}")
     n_det = sinogram.shape[-1]
@@ -194,10 +194,9 @@ def load_htc2022(path: str | os.PathLike, im_size: int = 128, detector_binning: 
             (:func:`find_segmentation`), else ``ground_truth=None``; False: none; a path: that PNG
             (must exist).
     """
-    if isinstance(im_size, bool) or not isinstance(im_size, (int, np.integer)) or im_size < 1 \
-            or TARGET_SIZE % im_size:
-        raise ValueError(f"im_size must be a positive int dividing {TARGET_SIZE} (e.g. 128, 256), got {im_size!r}")
-    im_size = int(im_size)
+    im_size = check_int(im_size, "im_size", 1, allow_numpy=True)
+    if TARGET_SIZE % im_size:
+        raise ValueError(f"im_size must divide {TARGET_SIZE} (e.g. 128, 256), got {im_size!r}")
     sinogram, params = read_htc2022_mat(path)
     sinogram = bin_detectors(sinogram, detector_binning, binning_mode)
     target_pixel = float(params["effectivePixelSizePost"])

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from skimage.data import shepp_logan_phantom
 
+from bayes_dip.checks import check_int
 from bayes_dip.data.transforms import as_image_tensor, check_size, resize_square
 
 __all__ = ["shepp_logan", "random_ellipses", "rectangles"]
@@ -16,10 +17,8 @@ def shepp_logan(size: int = 128) -> torch.Tensor:
 
 
 def _check_num_seed(num: int, seed: int) -> None:
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int(num, "num", 1, allow_numpy=True)
+    check_int(seed, "seed", 0, allow_numpy=True)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
+from bayes_dip.checks import check_int
+
 __all__ = ["is_square", "resize_square", "as_image_tensor"]
 
 
@@ -22,9 +24,7 @@ def check_size(size: int | None, name: str = "size") -> int | None:
         return None
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"{name} must be an int or None, got {size!r}")
-    if size < 2:
-        raise ValueError(f"{name} must be >= 2 pixels, got {size}")
-    return int(size)
+    return check_int(size, name, 2, allow_numpy=True)
 
 
 def resize_square(image: np.ndarray, size: int, name: str = "image") -> np.ndarray:
