@@ -5,13 +5,13 @@ form ``"{name} must be <requirement>, got {value!r}"``, with ``name`` exactly as
 passes it (``"rank"``, ``"--samples"``, ``"evidence.steps"``). ``bool`` is never accepted as a
 number. Checks with another type rule (``None`` allowed, ``"auto"`` strings, ``TypeError`` for
 the wrong type) keep that part at the call site and use these for the rest.
+
+Imports nothing heavy (no numpy or torch), so the command line's startup stays light.
 """
 from __future__ import annotations
 
 import math
 from typing import Collection, TypeVar
-
-import numpy as np
 
 __all__ = ["check_int", "check_number", "check_choice"]
 
@@ -24,7 +24,10 @@ def check_int(value: object, name: str, minimum: int | None = None, *,
 
     ``bool`` is rejected; NumPy integers are accepted only with ``allow_numpy=True``.
     """
-    types = (int, np.integer) if allow_numpy else int
+    types: type | tuple[type, ...] = int
+    if allow_numpy:
+        import numpy as np  # here, not on import: the CLI sets thread limits before numpy loads
+        types = (int, np.integer)
     if (isinstance(value, bool) or not isinstance(value, types)
             or (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import yaml
 
+from bayes_dip.checks import check_int
 from bayes_dip.preflight import HTC2022_MAX_ANGLES, check_memory, check_output_folder, image_side
 from bayes_dip.runtime import (available_cpus, last_signal, set_threads,
                                terminate_as_interrupt)
@@ -218,10 +219,9 @@ def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
             warnings.warn(f"{_option(key)} applies to {where} only; ignored")
     out = check_output_folder(settings["out"])
     angles, size = settings["angles"], settings["size"]
-    if isinstance(angles, bool) or not isinstance(angles, int) or angles < 1:
-        raise ValueError(f"--angles must be a positive integer, got {angles!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"--size must be a positive integer, got {size!r}")
+    check_int(angles, "--angles", 1)
+    if size is not None:
+        check_int(size, "--size", 1)
     if settings["htc2022"] is not None:
         side, angles, options = size or 128, HTC2022_MAX_ANGLES, "--size"
     elif settings["kmnist"] is not None:

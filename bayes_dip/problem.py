@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayes_dip.checks import check_int
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform, fbp, simulate_measurement
 from bayes_dip.data import load_dicom_slice, load_htc2022, load_image, load_kmnist
 
@@ -59,8 +60,7 @@ def simulated_problem(image: Tensor, num_angles: int = 30, noise_level: float = 
     if image.shape[-1] != image.shape[-2]:
         raise ValueError(f"image must be square, got {image.shape[-2]}x{image.shape[-1]} "
                          "(crop or resize it first)")
-    if isinstance(num_angles, bool) or not isinstance(num_angles, int) or num_angles < 1:
-        raise ValueError(f"angles must be a positive integer, got {num_angles!r}")
+    check_int(num_angles, "angles", 1)
     if not 0 <= float(noise_level) < 1:
         raise ValueError(f"noise must be a relative level in [0, 1), got {noise_level!r}")
     geometry = ParallelBeamGeometry(tuple(image.shape[-2:]), num_angles=num_angles)
@@ -117,8 +117,7 @@ def load_problem(*, image: str | None = None, kmnist: int | None = None, htc2022
     if htc2022 is not None:
         return htc2022_problem(htc2022, size=size or 128, fbp_filter=fbp_filter)
     if kmnist is not None:
-        if isinstance(kmnist, bool) or not isinstance(kmnist, int) or kmnist < 0:
-            raise ValueError(f"kmnist must be a non-negative test-image index, got {kmnist!r}")
+        check_int(kmnist, "kmnist", 0)
         x = load_kmnist(data_root, split="test", indices=[kmnist])
         name = f"kmnist:{kmnist}"
         if size is not None and size != x.shape[-1]:

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
+from bayes_dip.checks import check_int
 from bayes_dip.dip import DIPConfig
 from bayes_dip.dip.settings import dip_config_from_data
 from bayes_dip.linearized import EVIDENCE_MODES
@@ -178,10 +179,8 @@ def _check_uncertainty_settings(settings: dict) -> None:
             raise ValueError(f"--{key} must be one of {allowed}, got {settings[key]!r}")
     for key, minimum in (("samples", 2), ("evidence_steps", 1), ("mcdo_samples", 2)):
         value = settings[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < minimum):
-            raise ValueError(f"--{key.replace('_', '-')} must be an integer >= {minimum}, "
-                             f"got {value!r}")
+        if value is not None:
+            check_int(value, f"--{key.replace('_', '-')}", minimum)
     scale = settings["predcp_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ValueError(f"--predcp-scale must be a number > 0 (for plain type-II maximum "

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from bayes_dip.checks import check_int
+
 __all__ = ["THREAD_ENV_VARS", "available_cpus", "default_threads", "set_threads",
            "InterruptFlag", "deferred_interrupts", "terminate_as_interrupt", "last_signal"]
 
@@ -48,8 +50,7 @@ def set_threads(threads: int | None = None) -> int:
     pools of this process and its children; returns the number set."""
     if threads is None:
         threads = default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+    check_int(threads, "--threads", 1)
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
     import torch

@@ -1,5 +1,7 @@
 """bayes_dip.checks: the shared argument checks."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,3 +96,10 @@ def test_check_choice():
         check_choice("max", "binning_mode", ("mean", "sum"))
     with pytest.raises(ValueError, match=r"split must be one of \('test', 'train'\)"):
         check_choice(None, "split", {"test": 1, "train": 2})
+
+
+def test_import_loads_neither_numpy_nor_torch():
+    """The command line imports the checks before it sets the thread limits."""
+    code = "import sys, bayes_dip.checks; print('numpy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
