@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_int, check_number
+
 from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
 from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
@@ -92,9 +94,8 @@ class LinearizedDIP:
                  noise_variance: float = 1.0, exact_memory: int = 2 ** 30,
                  subspace_rank: int = 400, progress: bool = False,
                  checkpoint_dir: str | os.PathLike | None = None):
-        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
-                                  or gamma < 0):
-            raise ValueError(f"gamma must be None or a number >= 0, got {gamma!r}")
+        if gamma is not None:
+            check_number(gamma, "gamma", ge=0)
         self.jac = NetworkJacobian(net, net_input, blocks, dtype=dtype)
         if tuple(ray_trafo.im_shape) != self.jac.im_shape:
             raise ValueError(f"ray_trafo.im_shape {tuple(ray_trafo.im_shape)} does not match the "
@@ -110,10 +111,7 @@ class LinearizedDIP:
         self.recon = (self.jac.output if recon is None else recon).detach().to(torch.float64)
         self.gamma = gamma
         self.exact_memory = int(exact_memory)
-        if isinstance(subspace_rank, bool) or not isinstance(subspace_rank, int) \
-                or subspace_rank < 1:
-            raise ValueError(f"subspace_rank must be a positive int, got {subspace_rank!r}")
-        self.subspace_rank = subspace_rank
+        self.subspace_rank = check_int(subspace_rank, "subspace_rank", 1)
         self.progress = bool(progress)
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self._subspace: SubspaceCovariance | None = None
@@ -129,8 +127,7 @@ class LinearizedDIP:
         on the same Grams); clears the last evidence result."""
         for name, value in (("variance", variance), ("lengthscale", lengthscale),
                             ("noise_variance", noise_variance)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_number(value, name, gt=0)
         with torch.no_grad():
             self.model.prior.log_variance.fill_(math.log(variance))
             self.model.prior.log_lengthscale.fill_(math.log(lengthscale))

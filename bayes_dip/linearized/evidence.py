@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.output_folder import atomic_write
 from bayes_dip.runtime import deferred_interrupts
 
@@ -108,13 +109,9 @@ class EvidenceConfig:
         for name, minimum in (("steps", 0), ("num_probes", 1), ("cg_max_iter", 1),
                               ("precond_rank", 0), ("precond_every", 1), ("seed", 0),
                               ("checkpoint_every", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(getattr(self, name), name, minimum)
         for name in ("lr", "cg_tol"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_number(getattr(self, name), name, gt=0)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp
 
+from bayes_dip.checks import check_int
 from bayes_dip.laplace.functional import ModelFunction, jvp_rows, vjp_rows
 from bayes_dip.laplace.subsets import WeightSubset
 from bayes_dip.linalg import SVDResult, randomized_svd
@@ -155,8 +156,7 @@ def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,
             total += rows.square().sum(1)
         mean = total / n_obs
     else:
-        if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-            raise ValueError(f"num_probes must be None or a positive int, got {num_probes!r}")
+        check_int(num_probes, "num_probes", 1)
         for i in range(0, num_probes, batch_size):
             k = min(batch_size, num_probes - i)
             z = torch.randint(0, 2, (n_obs, k), generator=generator, device=jac.device)

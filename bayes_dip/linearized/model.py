@@ -7,6 +7,8 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_number
+
 from .covariance import ImageCovariance, ObservationCovariance
 from .jacobian import NetworkJacobian
 from .priors import WeightPrior
@@ -35,9 +37,7 @@ class LinearizedModel(nn.Module):
                              f"{ray_trafo.obs_shape[1]}), got {tuple(getattr(y, 'shape', ()))}")
         if not bool(torch.isfinite(y).all()):
             raise ValueError("y must be finite")
-        if isinstance(noise_variance, bool) or not isinstance(noise_variance, (int, float)) \
-                or not noise_variance > 0:
-            raise ValueError(f"noise_variance must be a number > 0, got {noise_variance!r}")
+        check_number(noise_variance, "noise_variance", gt=0)
         self.jac, self.prior, self.ray_trafo = jac, prior, ray_trafo
         self.log_noise_variance = nn.Parameter(torch.tensor(
             math.log(noise_variance), dtype=prior.log_variance.dtype, device=jac.device))

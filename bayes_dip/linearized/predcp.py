@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import tv_loss
 
 from .covariance import StructuredCovariance, joint_block_basis
@@ -47,18 +48,8 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 def predcp_rate(scale: float, gamma: float, num_obs: int) -> float:
     """``λ = scale · γ · numel(y)`` (the paper's rate of the exponential prior on ``κ_d``)."""
-    for name, value in (("scale", scale), ("gamma", gamma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if isinstance(num_obs, bool) or not isinstance(num_obs, int) or num_obs < 1:
-        raise ValueError(f"num_obs must be a positive int, got {num_obs!r}")
-    return float(scale) * float(gamma) * num_obs
-
-
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-        raise ValueError(f"rate must be a number > 0, got {rate!r}")
-    return float(rate)
+    scale, gamma = check_number(scale, "scale", gt=0), check_number(gamma, "gamma", gt=0)
+    return scale * gamma * check_int(num_obs, "num_obs", 1)
 
 
 class ExactTVPredCP:
@@ -68,7 +59,7 @@ class ExactTVPredCP:
         if not isinstance(structured, StructuredCovariance):
             raise TypeError("structured must be a StructuredCovariance, got "
                             f"{type(structured).__name__}")
-        self.rate = _check_rate(rate)
+        self.rate = check_number(rate, "rate", gt=0)
         q = structured.edge_variance_terms()
         gp = prior.layout.gp_indices
         self._q = [q[[t for t, (d, _) in enumerate(structured.terms) if d == block]]
@@ -110,9 +101,8 @@ class SampledTVPredCP:
                  generator: torch.Generator | None = None):
         if not isinstance(jac, NetworkJacobian):
             raise TypeError(f"jac must be a NetworkJacobian, got {type(jac).__name__}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        self.jac, self.rate, self.num_samples = jac, _check_rate(rate), num_samples
+        check_int(num_samples, "num_samples", 1)
+        self.jac, self.rate, self.num_samples = jac, check_number(rate, "rate", gt=0), num_samples
         self.generator = generator
 
     def surrogates(self, prior: WeightPrior) -> Tensor:
@@ -182,9 +172,8 @@ class FixedSampleTVPredCP:
         if not isinstance(prior, WeightPrior):
             raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
         for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.rate, self.num_samples = _check_rate(rate), num_samples
+            check_int(value, name, 1)
+        self.rate, self.num_samples = check_number(rate, "rate", gt=0), num_samples
         self.im_shape = jac.im_shape
         layout, f64 = prior.layout, torch.float64
         # per GP block: the joint basis U and, per group, its indices and tril indices

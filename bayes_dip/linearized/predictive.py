@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.linalg import CGInfo, Preconditioner, pcg, randomized_svd
 
 from .covariance import StructuredCovariance
@@ -33,10 +34,7 @@ __all__ = ["conditional_mean", "ExactPredictive", "exact_predictive",
 def _resolve_noise(model: LinearizedModel, image_noise: float | str) -> float:
     if image_noise == "auto":
         return float(model.noise_variance.detach()) * model.ray_trafo.variance_factor()
-    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float)) \
-            or image_noise < 0:
-        raise ValueError(f"image_noise must be 'auto' or a number >= 0, got {image_noise!r}")
-    return float(image_noise)
+    return check_number(image_noise, "image_noise", ge=0)
 
 
 def _mean(model: LinearizedModel, mean: Tensor | None) -> Tensor:
@@ -121,8 +119,8 @@ def exact_predictive(model: LinearizedModel, structured: StructuredCovariance, *
             floor = 1e-10 * float(cov.diagonal().mean())
             lowest = float(torch.linalg.eigvalsh(cov)[0])
             jitter = max(0.0, floor - lowest)
-        elif isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0:
-            raise ValueError(f"jitter must be None or a number >= 0, got {jitter!r}")
+        else:
+            check_number(jitter, "jitter", ge=0)
         cov.diagonal().add_(jitter)
     return ExactPredictive(_mean(model, mean), cov, eta2, float(jitter))
 
@@ -159,8 +157,7 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
     image ``(1, 1, H, W)``.
     """
     for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, minimum)
     if spectrum.num_obs != model.num_obs:
         raise ValueError(f"spectrum has {spectrum.num_obs} measurements, model {model.num_obs}")
     eta2 = _resolve_noise(model, image_noise)
@@ -216,8 +213,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
     for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
                                  ("cg_max_iter", cg_max_iter, 1),
                                  ("precond_rank", precond_rank, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, minimum)
     eta2 = _resolve_noise(model, image_noise)
     x_mean = _mean(model, mean)
     jac, prior, dtype = model.jac, model.prior, model.jac.dtype

@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_int, check_number
+
 __all__ = ["BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
            "WeightPrior", "KERNEL_JITTER"]
 
@@ -172,8 +174,7 @@ class WeightPrior(nn.Module):
         if not isinstance(layout, WeightLayout):
             raise TypeError(f"layout must be a WeightLayout, got {type(layout).__name__}")
         for name, value in (("variance", variance), ("lengthscale", lengthscale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_number(value, name, gt=0)
         self.layout = layout
         n_gp = len(layout.gp_indices)
         self.log_variance = nn.Parameter(
@@ -293,8 +294,7 @@ class WeightPrior(nn.Module):
     def sample(self, num: int, generator: torch.Generator | None = None,
                dtype: torch.dtype | None = None) -> Tensor:
         """``(P, num)`` draws from ``N(0, Σ_θ)`` (reparameterised: differentiable in ``h``)."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive int, got {num!r}")
+        check_int(num, "num", 1)
         dtype = dtype or self.log_variance.dtype
         eps = torch.randn(self.layout.num_params, num, generator=generator, dtype=dtype,
                           device=self.log_variance.device)

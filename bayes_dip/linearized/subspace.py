@@ -23,6 +23,7 @@ import os
 import torch
 from torch import Tensor
 
+from bayes_dip.checks import check_int
 from bayes_dip.linalg import LowRankPreconditioner
 from bayes_dip.output_folder import atomic_write
 
@@ -38,12 +39,6 @@ def _same(a, b) -> bool:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
     return a == b
-
-
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class SubspaceCovariance:
@@ -67,9 +62,9 @@ class SubspaceCovariance:
         ImageCovariance(jac, prior)  # validates jac/prior
         if tuple(ray_trafo.im_shape) != jac.im_shape:
             raise ValueError("ray_trafo.im_shape does not match the network output")
-        _positive_int(rank, "rank")
-        _positive_int(tail_probes, "tail_probes")
-        _positive_int(batch_size, "batch_size")
+        check_int(rank, "rank", 1)
+        check_int(tail_probes, "tail_probes", 1)
+        check_int(batch_size, "batch_size", 1)
         f64, n_obs = torch.float64, math.prod(ray_trafo.obs_shape)
         with torch.no_grad():
             if rank >= n_obs:
