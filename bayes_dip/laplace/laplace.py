@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
 from .curvature.output import OutputCurvature
 from .batches import Batches
 from .evidence import linearized_sse, linearized_step, log_marginal_likelihood, mackay_prior_precision
@@ -242,8 +243,7 @@ class Laplace:
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` weight samples ``θ̂ + ε``, ``ε ~ N(0, Σ)`` -> ``(n, P)``."""
         self._require_fit()
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_int(n, "n", 1)
         eps = self.structure.sample(n, self._scale(), self._delta(), generator)
         return self.theta_hat + eps.to(self._dtype)
 
@@ -377,8 +377,7 @@ class Laplace:
         raise ValueError(f"method must be 'auto', 'marglik', 'mackay' or 'grid', got {method!r}")
 
     def _optimize_marglik(self, at: str, optimize_noise: bool, n_steps: int, lr: float, progress: bool) -> Tensor:
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+        check_int(n_steps, "n_steps", 1)
         log_prec = self._prior_precision.log().clone().requires_grad_(True)
         log_sigma = self._sigma_noise.log().clone().requires_grad_(True)
         params = [log_prec] + ([log_sigma] if optimize_noise else [])
@@ -498,8 +497,7 @@ class Laplace:
             raise ValueError(f"pred_type must be 'glm' or 'nn', got {pred_type!r}")
         if link not in LINKS:
             raise ValueError(f"link must be one of {LINKS}, got {link!r}")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        check_int(n_samples, "n_samples", 1)
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         if pred_type == "glm":

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
+from ..checks import check_int
 from .batches import Batches
 from .functional import ModelFunction
 from .likelihoods import Likelihood
@@ -115,8 +116,7 @@ def find_linearized_mode(fn: ModelFunction, likelihood: Likelihood, batches: Bat
             falls below it.
     """
     for name, value in (("max_iter", max_iter), ("cg_iter", cg_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(value, name, 1)
     with torch.no_grad():
         s = scale.detach() if isinstance(scale, Tensor) else scale
         d = delta.detach().to(theta.dtype)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int
 from bayes_dip.output_folder import atomic_write
 
 from .laplace import Laplace
@@ -66,11 +67,8 @@ class MarglikConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "frequency", "n_hyper_steps", "curvature_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0:
-            raise ValueError(f"burn_in must be a non-negative int, got {self.burn_in!r}")
+            check_int(getattr(self, name), name, 1)
+        check_int(self.burn_in, "burn_in", 0)
         if self.prior not in ("layerwise", "scalar"):
             raise ValueError(f"prior must be 'layerwise' or 'scalar', got {self.prior!r}")
         for name in ("lr", "lr_hyper", "prior_precision", "sigma_noise"):

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int
+
 if TYPE_CHECKING:  # pragma: no cover
     from .laplace import Laplace
 
@@ -179,8 +181,7 @@ def largest_variance(la: "Laplace", n_params: int, *, rtol: float = 1e-6) -> Wei
     Raises:
         ValueError: if fewer than ``n_params`` weights have non-zero curvature.
     """
-    if isinstance(n_params, bool) or not isinstance(n_params, int) or not 1 <= n_params <= la.n_params:
-        raise ValueError(f"n_params must be an int in [1, {la.n_params}], got {n_params!r}")
+    check_int(n_params, "n_params", 1, maximum=la.n_params)
     var = la.posterior_variance.to(torch.float64)
     informed = var * la.prior_precision_diag.to(torch.float64) < 1 - rtol
     if int(informed.sum()) < n_params:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...checks import check_int
 from ...linalg import nystrom
 from ..curvature.operator import GGNOperator
 from ..curvature.output import OutputCurvature
@@ -40,8 +41,7 @@ class LowRank(Structure):
                  chunk_size: int | None = None):
         for value, what, low in ((rank, "rank", 1), (oversample, "oversample", 0),
                                  (power_iters, "power_iters", 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
+            check_int(value, what, low)
         self.rank, self.oversample, self.power_iters, self.seed = rank, oversample, power_iters, seed
         self.chunk_size = chunk_size
         self.eigvecs: Tensor | None = None

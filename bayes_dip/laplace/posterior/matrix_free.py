@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...checks import check_int, check_number
 from ...linalg import (CGInfo, LowRankPreconditioner, hutchinson_diagonal, logdet_surrogate, nystrom,
                        pcg, sample_probes, slq_logdet)
 from ..curvature.operator import GGNOperator
@@ -43,12 +44,10 @@ class MatrixFree(Structure):
     def __init__(self, cg_tol: float = 1e-6, cg_max_iter: int | None = None, precond_rank: int = 0,
                  n_probes: int = 16, lanczos_steps: int = 50, seed: int = 0,
                  chunk_size: int | None = None):
-        if not isinstance(cg_tol, (int, float)) or not cg_tol > 0:
-            raise ValueError(f"cg_tol must be > 0, got {cg_tol!r}")
+        check_number(cg_tol, "cg_tol", gt=0)
         for value, what, low in ((precond_rank, "precond_rank", 0), (n_probes, "n_probes", 1),
                                  (lanczos_steps, "lanczos_steps", 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
+            check_int(value, what, low)
         self.cg_tol, self.cg_max_iter = float(cg_tol), cg_max_iter
         self.precond_rank, self.n_probes, self.lanczos_steps = precond_rank, n_probes, lanczos_steps
         self.seed, self.chunk_size = seed, chunk_size
