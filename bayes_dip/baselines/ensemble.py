@@ -17,11 +17,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip
 
 from ._moments import PatchGrouping, StreamingMoments
-from .mcdo import (_FULL_COVARIANCE_MAX_PIXELS, SamplePredictive, _check_added_variance,
-                   _check_count, _predictive)
+from .mcdo import _FULL_COVARIANCE_MAX_PIXELS, SamplePredictive, _predictive
 
 __all__ = ["deep_ensemble"]
 
@@ -48,19 +48,19 @@ def deep_ensemble(ray_trafo: nn.Module, y: Tensor, *, members: int = 5,
         the members' :class:`~bayes_dip.dip.DIPResult` and the predictive (its ``samples``
         are the ``K`` reconstructions, ``seconds`` the wall time of training and fitting).
     """
-    members = _check_count(members, "members", 2)
+    members = check_int(members, "members", 2, allow_numpy=True)
     config = DIPConfig() if config is None else config
     if not isinstance(config, DIPConfig):
         raise TypeError(f"config must be a DIPConfig, got {type(config).__name__}")
     if not isinstance(y, Tensor) or y.ndim != 4 or y.shape[0] != 1:
         raise ValueError(f"y must be one measurement (1, 1, n_angles, n_det), got "
                          f"{tuple(getattr(y, 'shape', ()))}")
-    added_variance = _check_added_variance(added_variance)
+    added_variance = check_number(added_variance, "added_variance", ge=0, finite=True)
     if full_covariance is not None and not isinstance(full_covariance, bool):
         raise TypeError(f"full_covariance must be a bool or None, got {full_covariance!r}")
     if isinstance(patch_sizes, (int, str)):
         raise TypeError(f"patch_sizes must be a sequence of ints, got {patch_sizes!r}")
-    sizes = sorted({_check_count(p, "patch_sizes entries", 1) for p in patch_sizes})
+    sizes = sorted({check_int(p, "patch_sizes entries", 1, allow_numpy=True) for p in patch_sizes})
 
     t0 = time.perf_counter()
     results = []

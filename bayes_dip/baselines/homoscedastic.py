@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.linalg import pcg
 
 __all__ = ["HomoscedasticPredictive", "evidence_noise_variance", "homoscedastic_predictive",
@@ -76,16 +77,7 @@ class HomoscedasticPredictive:
 def _check_positive(value, name: str) -> float:
     if isinstance(value, Tensor) and value.numel() == 1:
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_rank(rank) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    return rank
+    return check_number(value, name, gt=0, finite=True)
 
 
 def _check_recon(recon: Tensor, ray_trafo: nn.Module | None = None) -> Tensor:
@@ -150,7 +142,7 @@ def _variance_factor(ray_trafo: nn.Module, variance_factor: float | None, rank: 
     """The given ``c_A`` (checked) or ``ray_trafo.variance_factor(rank)``."""
     if variance_factor is not None:
         return _check_positive(variance_factor, "variance_factor")
-    return ray_trafo.variance_factor(_check_rank(rank))
+    return ray_trafo.variance_factor(check_int(rank, "rank", 1))
 
 
 def homoscedastic_predictive(recon: Tensor, noise_variance: float,

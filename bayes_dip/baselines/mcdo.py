@@ -22,7 +22,6 @@ same pass ``added_variance=ray_trafo.variance_factor()``; the studies' ``mcdo`` 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
 from bayes_dip.metrics import (log_likelihood_diagonal, log_likelihood_full,
                                log_likelihood_patchwise)
@@ -149,9 +149,8 @@ def fit_mcdo(ray_trafo: nn.Module, y: Tensor, *, dropout_p: float | None = None,
     if config.gamma != 0:
         raise ValueError(f"config.gamma must be 0: DIP-MCDO is trained without TV, "
                          f"got {config.gamma!r}")
-    if dropout_p is not None and (isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float))
-                                  or not 0.0 < dropout_p < 1.0):
-        raise ValueError(f"dropout_p must be a number in (0, 1) or None, got {dropout_p!r}")
+    if dropout_p is not None:
+        check_number(dropout_p, "dropout_p", gt=0, lt=1)
     if net is None:
         if not hasattr(ray_trafo, "im_shape"):
             raise TypeError("ray_trafo must have .im_shape")
@@ -195,12 +194,6 @@ def _mc_dropout_mode(net: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_net_input(net: nn.Module, net_input: Tensor) -> Tensor:
     if not isinstance(net_input, Tensor) or not net_input.is_floating_point():
         raise TypeError("net_input must be a floating-point torch.Tensor")
@@ -211,13 +204,6 @@ def _check_net_input(net: nn.Module, net_input: Tensor) -> Tensor:
     param = next(net.parameters(), None)
     dtype = param.dtype if param is not None else net_input.dtype
     return net_input.detach().to(dtype)
-
-
-def _check_added_variance(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(f"added_variance must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _mc_batches(net: nn.Module, net_input: Tensor, stops: Sequence[int], seed: int,
@@ -271,20 +257,20 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
     """
     _dropout_rates(net)
     x_in = _check_net_input(net, net_input)
-    num_samples = _check_count(num_samples, "num_samples", 2)
-    seed = _check_count(seed, "seed", 0)
-    added_variance = _check_added_variance(added_variance)
+    num_samples = check_int(num_samples, "num_samples", 2, allow_numpy=True)
+    seed = check_int(seed, "seed", 0, allow_numpy=True)
+    added_variance = check_number(added_variance, "added_variance", ge=0, finite=True)
     im_shape = tuple(int(s) for s in x_in.shape[-2:])
     n = im_shape[0] * im_shape[1]
     batch_size = (max(1, _SAMPLE_ELEMENTS_PER_BATCH // n) if batch_size is None
-                  else _check_count(batch_size, "batch_size", 1))
+                  else check_int(batch_size, "batch_size", 1, allow_numpy=True))
     if full_covariance is None:
         full_covariance = n <= _FULL_COVARIANCE_MAX_PIXELS
     elif not isinstance(full_covariance, bool):
         raise TypeError(f"full_covariance must be a bool or None, got {full_covariance!r}")
     if isinstance(patch_sizes, (int, str)):
         raise TypeError(f"patch_sizes must be a sequence of ints, got {patch_sizes!r}")
-    sizes = sorted({_check_count(p, "patch_sizes entries", 1) for p in patch_sizes})
+    sizes = sorted({check_int(p, "patch_sizes entries", 1, allow_numpy=True) for p in patch_sizes})
 
     t0 = time.perf_counter()
     moments = StreamingMoments(n, full_covariance, {p: PatchGrouping(im_shape, p) for p in sizes},
@@ -367,18 +353,18 @@ def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tens
     if not isinstance(ground_truth, Tensor) or tuple(ground_truth.shape) != (1, 1, *im_shape):
         raise ValueError(f"ground_truth must be a tensor of shape (1, 1, {im_shape[0]}, "
                          f"{im_shape[1]}), got {tuple(getattr(ground_truth, 'shape', ()))}")
-    stops = sorted({_check_count(c, "counts entries", 2) for c in counts})
+    stops = sorted({check_int(c, "counts entries", 2, allow_numpy=True) for c in counts})
     if isinstance(seeds, int) or len(seeds) == 0:
         raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
-    seed_list = [_check_count(s, "seeds entries", 0) for s in seeds]
-    added_variance = _check_added_variance(added_variance)
+    seed_list = [check_int(s, "seeds entries", 0, allow_numpy=True) for s in seeds]
+    added_variance = check_number(added_variance, "added_variance", ge=0, finite=True)
     n = im_shape[0] * im_shape[1]
     batch_size = (max(1, _SAMPLE_ELEMENTS_PER_BATCH // n) if batch_size is None
-                  else _check_count(batch_size, "batch_size", 1))
+                  else check_int(batch_size, "batch_size", 1, allow_numpy=True))
     if patch_size is None:
         full, patches = True, {}
     else:
-        p = _check_count(patch_size, "patch_size", 1)
+        p = check_int(patch_size, "patch_size", 1, allow_numpy=True)
         full, patches = False, ({p: PatchGrouping(im_shape, p)} if p > 1 else {})
     lls = np.empty((len(seed_list), len(stops)))
     for i, seed in enumerate(seed_list):

@@ -5,6 +5,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from bayes_dip.checks import check_int, check_number
+
 __all__ = ["DIPConfig", "dip_preset"]
 
 
@@ -53,23 +55,16 @@ class DIPConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(getattr(self, name), name, 1)
         for name in ("seed", "lr_warmup", "plateau_window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not _is_real(self.plateau_tol) or not 0 < self.plateau_tol < 1:
-            raise ValueError(f"plateau_tol must be a number in (0, 1), got {self.plateau_tol!r}")
+            check_int(getattr(self, name), name, 0)
+        check_number(self.lr, "lr", gt=0, finite=True)
+        check_number(self.plateau_tol, "plateau_tol", gt=0, lt=1)
         if not _is_real(self.backtrack_factor) or not (
                 self.backtrack_factor == 0 or 1 < self.backtrack_factor < math.inf):
             raise ValueError(f"backtrack_factor must be 0 (off) or a finite number > 1, "
                              f"got {self.backtrack_factor!r}")
-        if not _is_real(self.gamma) or not math.isfinite(self.gamma) or self.gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
+        check_number(self.gamma, "gamma", ge=0, finite=True)
         if self.unet is not None and not isinstance(self.unet, str):
             raise TypeError(f"unet must be a preset name or None, got {self.unet!r}")
         if not isinstance(self.fbp_filter, str):
