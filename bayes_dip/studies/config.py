@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from bayes_dip.checks import check_int
 from bayes_dip.dip import DIPConfig, unet_preset
 
 __all__ = ["Setting", "MetricsOptions", "FigureOptions", "StudyConfig", "load_study_config"]
@@ -184,13 +185,13 @@ class StudyConfig:
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods must not repeat a name, got {methods}")
         seed = values.get("seed", 0)
-        _check_int(seed, "seed", minimum=0)
+        check_int(seed, "seed", 0)
         data_root = values.get("data_root")
         if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
             raise TypeError(f"data_root must be a path or null, got {data_root!r}")
         size = values.get("size")
         if size is not None:
-            _check_int(size, "size", minimum=1)
+            check_int(size, "size", 1)
         device = values.get("device", "cpu")
         if not isinstance(device, str):
             raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
@@ -253,11 +254,6 @@ def _check_unet(options: dict, dip: DIPConfig) -> None:
         raise ValueError(f"unet: {exc}") from exc
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def _options(cls, values: Any, name: str):
     if values is None:
         return cls()
@@ -269,8 +265,8 @@ def _options(cls, values: Any, name: str):
         raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(known)}")
     out = cls(**values)
     if cls is MetricsOptions:
-        _check_int(out.patch_size, f"{name}.patch_size", 1)
-        _check_int(out.full_covariance_max_pixels, f"{name}.full_covariance_max_pixels", 0)
+        check_int(out.patch_size, f"{name}.patch_size", 1)
+        check_int(out.full_covariance_max_pixels, f"{name}.full_covariance_max_pixels", 0)
     else:
         if not isinstance(out.enabled, bool):
             raise TypeError(f"{name}.enabled must be true or false, got {out.enabled!r}")
@@ -278,8 +274,8 @@ def _options(cls, values: Any, name: str):
         if (not isinstance(formats, (list, tuple)) or not formats
                 or any(f not in ("png", "pdf", "svg") for f in formats)):
             raise ValueError(f"{name}.formats must be a non-empty list of png/pdf/svg, got {formats!r}")
-        _check_int(out.images, f"{name}.images", 0)
-        _check_int(out.gallery_samples, f"{name}.gallery_samples", 0)
+        check_int(out.images, f"{name}.images", 0)
+        check_int(out.gallery_samples, f"{name}.gallery_samples", 0)
         out = cls(enabled=out.enabled, formats=tuple(formats), images=out.images,
                   gallery_samples=out.gallery_samples)
     return out
@@ -318,7 +314,7 @@ def _expand_settings(entries: Any, default_size: int | None) -> tuple[Setting, .
                              f"got {sources or 'none'}")
         size = entry.get("size", default_size)
         if size is not None:
-            _check_int(size, f"{where}.size", 1)
+            check_int(size, f"{where}.size", 1)
         for setting in _expand_entry(entry, sources[0], size, where):
             old = merged.get(setting.key)
             if old is not None:
@@ -337,7 +333,7 @@ def _expand_entry(entry: dict, source: str, size: int | None, where: str) -> lis
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"{where}.htc2022 must be a path to a .mat file, got {path!r}")
         binning = entry.get("detector_binning", 4)
-        _check_int(binning, f"{where}.detector_binning", 1)
+        check_int(binning, f"{where}.detector_binning", 1)
         return [Setting(kind="htc2022", images=(f"htc2022:{Path(path).stem}",), size=size or 128,
                         htc2022=str(path), detector_binning=binning)]
     if "detector_binning" in entry:
@@ -347,7 +343,7 @@ def _expand_entry(entry: dict, source: str, size: int | None, where: str) -> lis
             raise ValueError(f"{where}: missing {key!r} (needed for a simulated scan)")
     angles, noises = _as_list(entry["angles"]), _as_list(entry["noise"])
     for a in angles:
-        _check_int(a, f"{where}.angles", 1)
+        check_int(a, f"{where}.angles", 1)
     for n in noises:
         if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 <= n < 1 \
                 or not math.isfinite(n):
@@ -356,7 +352,7 @@ def _expand_entry(entry: dict, source: str, size: int | None, where: str) -> lis
         raise ValueError(f"{where}: angles and noise must not repeat values")
     if source == "kmnist":
         count = entry["kmnist"]
-        _check_int(count, f"{where}.kmnist", 1)
+        check_int(count, f"{where}.kmnist", 1)
         if size not in (None, 28):
             raise ValueError(f"{where}.size: KMNIST images are 28x28, got size={size}")
         images = tuple(f"kmnist:{k}" for k in range(count))

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bayes_dip.checks import check_int
+
 __all__ = ["DirectionSpectrum", "direction_spectrum", "sensitivity_spectrum",
            "measured_directions", "sector_ratio", "EdgeVisibility", "edge_std_by_visibility"]
 
@@ -34,8 +36,7 @@ class DirectionSpectrum(NamedTuple):
 
 
 def _bins(n_bins: int) -> np.ndarray:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+    check_int(n_bins, "n_bins", 2)
     return np.linspace(0.0, np.pi, n_bins + 1)
 
 

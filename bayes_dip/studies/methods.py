@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.prediction import SAMPLES_PER_PIXEL_FOR_FULL, Prediction
@@ -133,13 +134,11 @@ def _check_mcdo(config: Any) -> None:
     if unknown:
         raise ValueError(f"mcdo: unknown key(s) {unknown}; known: {sorted(_MCDO_KEYS | _DIP_KEYS)}")
     p = section.get("dropout_p", 0.05)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
-        raise ValueError(f"mcdo.dropout_p must be in (0, 1), got {p!r}")
-    for key in ("num_samples", "batch_size"):
+    check_number(p, "mcdo.dropout_p", gt=0, lt=1)
+    for key, minimum in (("num_samples", 2), ("batch_size", 1)):
         value = section.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (2 if key == "num_samples" else 1)):
-            raise ValueError(f"mcdo.{key} must be a positive integer (num_samples >= 2), got {value!r}")
+        if value is not None:
+            check_int(value, f"mcdo.{key}", minimum)
     try:
         _mcdo_dip_config(config)
     except (TypeError, ValueError) as exc:
@@ -220,33 +219,24 @@ def _check_linearized(config: Any) -> None:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"evidence: {exc}") from exc
     for key in ("variance", "lengthscale", "noise_variance"):
-        value = ev.get(key, 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"evidence.{key} must be a number > 0, got {value!r}")
+        check_number(ev.get(key, 1.0), f"evidence.{key}", gt=0)
     pr = config.predictive
     _check_keys(pr, _PREDICTIVE_KEYS, "predictive")
-    n = pr.get("num_samples", 1024)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"predictive.num_samples must be an integer >= 2, got {n!r}")
+    check_int(pr.get("num_samples", 1024), "predictive.num_samples", 2)
     for key, allowed in _PREDICTIVE_CHOICES.items():
         if pr.get(key, allowed[0]) not in allowed:
             raise ValueError(f"predictive.{key} must be one of {allowed}, got {pr[key]!r}")
     noise = pr.get("image_noise", "auto")
-    if noise != "auto" and (isinstance(noise, bool) or not isinstance(noise, (int, float))
-                            or noise < 0):
-        raise ValueError(f"predictive.image_noise must be 'auto' or a number >= 0, got {noise!r}")
+    if noise != "auto":
+        check_number(noise, "predictive.image_noise", ge=0)
 
 
 def _check_tvmap(config: Any) -> None:
     _check_linearized(config)
     tv = config.tvmap
     _check_keys(tv, _TVMAP_KEYS, "tvmap")
-    scale = tv.get("predcp_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"tvmap.predcp_scale must be a number > 0, got {scale!r}")
-    samples = tv.get("predcp_samples", 20)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"tvmap.predcp_samples must be a positive integer, got {samples!r}")
+    check_number(tv.get("predcp_scale", 1.0), "tvmap.predcp_scale", gt=0)
+    check_int(tv.get("predcp_samples", 20), "tvmap.predcp_samples", 1)
     if config.dip.gamma <= 0:
         raise ValueError("dip.gamma must be > 0 for lin-dip-tvmap (the PredCP rate is "
                          "scale · gamma · numel(y))")

@@ -28,6 +28,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int
 from bayes_dip.studies.config import StudyConfig
 from bayes_dip.studies.methods import METHODS, MethodSpec
 from bayes_dip.studies.runner import ImageTask, StudyResults, run_image_task
@@ -78,8 +79,7 @@ def jobqueue_spec(path: str | os.PathLike) -> tuple[type, dict[str, Any], int]:
     kind, jobs = values.pop("cluster", None), values.pop("jobs", 1)
     if kind not in ("slurm", "pbs"):
         raise ValueError(f"scheduler: {path}: 'cluster' must be slurm or pbs, got {kind!r}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"scheduler: {path}: 'jobs' must be a positive integer, got {jobs!r}")
+    check_int(jobs, f"scheduler: {path}: 'jobs'", 1)
     try:
         import dask_jobqueue
     except ImportError as exc:

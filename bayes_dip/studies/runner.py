@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from bayes_dip.checks import check_int
 from bayes_dip.studies.config import Setting, StudyConfig, load_study_config
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.evaluate import evaluate_prediction
@@ -102,9 +103,8 @@ def run_study(config: StudyConfig | dict | str | os.PathLike, out_dir: str | os.
     standard error per setting and method), ``per_image.csv`` and figures under
     ``figures/<setting>/`` (PNG and PDF), plus ``figures/test_ll_vs_angles`` for grids.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 0):
-        raise ValueError(f"workers must be an integer >= 0 (0: serial) or None, got {workers!r}")
+    if workers is not None:
+        check_int(workers, "workers", 0)
     if scheduler is not None and workers:
         raise ValueError("workers: give either workers (a local cluster) or scheduler "
                          f"(an existing cluster), not both (workers={workers}, scheduler={scheduler!r})")
