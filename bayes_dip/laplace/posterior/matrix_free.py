@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...checks import check_int, check_number
+from ...checks import check_int
 from ...linalg import (CGInfo, LowRankPreconditioner, hutchinson_diagonal, logdet_surrogate, nystrom,
                        pcg, sample_probes, slq_logdet)
 from ..curvature.operator import GGNOperator
@@ -44,7 +44,8 @@ class MatrixFree(Structure):
     def __init__(self, cg_tol: float = 1e-6, cg_max_iter: int | None = None, precond_rank: int = 0,
                  n_probes: int = 16, lanczos_steps: int = 50, seed: int = 0,
                  chunk_size: int | None = None):
-        check_number(cg_tol, "cg_tol", gt=0)
+        if not isinstance(cg_tol, (int, float)) or not cg_tol > 0:
+            raise ValueError(f"cg_tol must be > 0, got {cg_tol!r}")
         for value, what, low in ((precond_rank, "precond_rank", 0), (n_probes, "n_probes", 1),
                                  (lanczos_steps, "lanczos_steps", 1)):
             check_int(value, what, low)
