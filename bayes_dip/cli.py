@@ -20,7 +20,7 @@ from typing import Sequence
 
 import yaml
 
-from bayes_dip.checks import check_int
+from bayes_dip.checks import check_choice, check_int
 from bayes_dip.preflight import HTC2022_MAX_ANGLES, check_memory, check_output_folder, image_side
 from bayes_dip.runtime import (available_cpus, last_signal, set_threads,
                                terminate_as_interrupt)
@@ -208,9 +208,7 @@ def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
                              "scan has its own angles and noise; remove them")
     from bayes_dip.linearized import EVIDENCE_MODES
     from bayes_dip.studies.methods import METHODS
-    if settings["method"] not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, "
-                         f"got {settings['method']!r}")
+    check_choice(settings["method"], "--method", METHODS)
     if settings["evidence"] != "auto" and settings["evidence"] not in EVIDENCE_MODES:
         raise ValueError(f"--evidence must be auto or one of {', '.join(EVIDENCE_MODES)}, "
                          f"got {settings['evidence']!r}")

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
-from bayes_dip.checks import check_int
+from bayes_dip.checks import check_choice, check_int
 from bayes_dip.dip import DIPConfig
 from bayes_dip.dip.settings import dip_config_from_data
 from bayes_dip.linearized import EVIDENCE_MODES
@@ -170,13 +170,10 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
 
 
 def _check_uncertainty_settings(settings: dict) -> None:
-    method = settings["method"]
-    if method not in METHODS:
-        raise ValueError(f"--method must be one of {tuple(METHODS)}, got {method!r}")
+    check_choice(settings["method"], "--method", METHODS)
     for key, allowed in (("mean", ("dip", "posterior")),
                          ("calibrate", ("heldout", "none"))):
-        if settings[key] not in allowed:
-            raise ValueError(f"--{key} must be one of {allowed}, got {settings[key]!r}")
+        check_choice(settings[key], f"--{key}", allowed)
     for key, minimum in (("samples", 2), ("evidence_steps", 1), ("mcdo_samples", 2)):
         value = settings[key]
         if value is not None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayes_dip.checks import check_choice
 from bayes_dip.ct.ray_transform import RayTransform
 from bayes_dip.ct.validation import check_batch, check_finite
 
@@ -60,8 +61,7 @@ def simulate_measurement(x: Tensor, ray_trafo: RayTransform, noise_level: float 
         raise TypeError(f"ray_trafo must be a RayTransform, got {type(ray_trafo).__name__}")
     check_batch(x, "x", ray_trafo.im_shape, "H, W")
     check_finite(x, "x")
-    if noise not in NOISE_MODELS:
-        raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+    check_choice(noise, "noise", NOISE_MODELS)
     seeds = _image_seeds(seed, x.shape[0])
     with torch.no_grad():
         clean = ray_trafo.A(x.detach()).to("cpu", torch.float64)

@@ -24,6 +24,7 @@ import scipy.sparse
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_choice
 from bayes_dip.ct.astra_backend import (AstraProjector, check_projector, cuda_available,
                                           default_projector, system_matrix)
 from bayes_dip.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
@@ -164,8 +165,7 @@ class RayTransform(nn.Module):
         if not isinstance(geometry, (ParallelBeamGeometry, FanBeamGeometry)):
             raise TypeError(f"geometry must be ParallelBeamGeometry or FanBeamGeometry, "
                             f"got {type(geometry).__name__}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_choice(backend, "backend", BACKENDS)
         if use_cuda is not None and backend != "astra":
             raise ValueError("use_cuda only applies to backend='astra'")
         if odl_op is not None and backend != "odl":

@@ -35,7 +35,7 @@ import scipy.io
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bayes_dip.checks import check_int
+from bayes_dip.checks import check_choice, check_int
 from bayes_dip.ct.geometry import FanBeamGeometry
 from bayes_dip.data.paths import require_file
 
@@ -162,8 +162,7 @@ def bin_detectors(sinogram: np.ndarray, factor: int, mode: str = "mean") -> np.n
     with an operator scaled to match).
     """
     check_int(factor, "detector_binning", 1, allow_numpy=True)
-    if mode not in ("mean", "sum"):
-        raise ValueError(f"binning_mode must be 'mean' or 'sum', got {mode!r}")
+    check_choice(mode, "binning_mode", ("mean", "sum"))
     n_det = sinogram.shape[-1]
     if n_det % factor:
         raise ValueError(f"detector_binning={factor} must divide the {n_det} detector cells")

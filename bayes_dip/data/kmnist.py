@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bayes_dip.checks import check_choice
 from bayes_dip.data.paths import data_root, require_file
 
 __all__ = ["KMNIST_FILES", "kmnist_dir", "read_idx", "load_kmnist", "load_kmnist_labels"]
@@ -80,8 +81,7 @@ def kmnist_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def _split_files(root, split: str) -> tuple[Path, Path]:
-    if split not in KMNIST_FILES:
-        raise ValueError(f"split must be one of {sorted(KMNIST_FILES)}, got {split!r}")
+    check_choice(split, "split", KMNIST_FILES)
     folder = kmnist_dir(root)
     images, labels = (folder / name for name in KMNIST_FILES[split])
     return (require_file(images, f"KMNIST {split} images"), require_file(labels, f"KMNIST {split} labels"))

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from bayes_dip.checks import check_int, check_number
+from bayes_dip.checks import check_choice, check_int, check_number
 
 __all__ = ["DIPConfig", "dip_preset"]
 
@@ -114,6 +114,5 @@ def dip_preset(name: str, **overrides: Any) -> DIPConfig:
     γ scales with the noise: the paper's loss compares ``γ · TV(x)`` with the mean squared
     misfit ``≈ σ²``; ``γ ≈ 0.5 σ² / TV(x)`` worked for both presets.
     """
-    if name not in _PRESETS:
-        raise ValueError(f"name must be one of {sorted(_PRESETS)}, got {name!r}")
+    check_choice(name, "name", _PRESETS)
     return replace(_PRESETS[name], **overrides)

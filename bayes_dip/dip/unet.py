@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from bayes_dip.checks import check_choice
+
 __all__ = ["UNet", "unet_preset", "PriorBlock"]
 
 
@@ -177,6 +179,5 @@ _PRESETS: dict[str, dict] = {
 
 def unet_preset(name: str, **overrides) -> UNet:
     """A U-Net preset: ``"kmnist"`` (28×28), ``"128"`` (128²), ``"walnut"`` (256²–512²)."""
-    if name not in _PRESETS:
-        raise ValueError(f"name must be one of {sorted(_PRESETS)}, got {name!r}")
+    check_choice(name, "name", _PRESETS)
     return UNet(**{**_PRESETS[name], **overrides})

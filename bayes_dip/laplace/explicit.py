@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..checks import check_choice
+
 __all__ = [
     "LogDensity",
     "MAPResult",
@@ -269,8 +271,7 @@ def fit_laplace(
         optimizer_kwargs: passed to the optimiser (alpha / lr, grad_tol, step_tol, max_iter, progress).
     Warns (RuntimeWarning) if the mode search did not meet its tolerances.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    check_choice(method, "method", _METHODS)
     search = newton_map if method == "newton" else gradient_ascent_map
     result = search(log_density, theta0, **optimizer_kwargs)
     if not result.converged:

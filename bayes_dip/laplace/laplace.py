@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from .curvature.output import OutputCurvature
 from .batches import Batches
 from .evidence import linearized_sse, linearized_step, log_marginal_likelihood, mackay_prior_precision
@@ -260,8 +260,7 @@ class Laplace:
         return prec, sigma
 
     def _check_point(self, at: str) -> None:
-        if at not in _POINTS:
-            raise ValueError(f"at must be one of {_POINTS}, got {at!r}")
+        check_choice(at, "at", _POINTS)
         if at == "linearized" and self.likelihood.has_noise and self.curvature.kind != "ggn":
             raise ValueError("at='linearized' with a Gaussian likelihood needs curvature='ggn': only there "
                              "is the linearised model's log-likelihood the GGN quadratic")
@@ -493,10 +492,8 @@ class Laplace:
             regression: ``(mean (B, *out), covariance (B, n_out, n_out) or variances (B, n_out))``.
         """
         self._require_fit()
-        if pred_type not in ("glm", "nn"):
-            raise ValueError(f"pred_type must be 'glm' or 'nn', got {pred_type!r}")
-        if link not in LINKS:
-            raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+        check_choice(pred_type, "pred_type", ("glm", "nn"))
+        check_choice(link, "link", LINKS)
         check_int(n_samples, "n_samples", 1)
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")

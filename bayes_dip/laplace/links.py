@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..checks import check_choice
+
 __all__ = [
     "probit_binary",
     "probit_multiclass",
@@ -165,8 +167,7 @@ def mc_predictive(
     Returns:
         probabilities with the shape of ``f_mean``.
     """
-    if link not in _LINKS:
-        raise ValueError(f"link must be one of {_LINKS}, got {link!r}")
+    check_choice(link, "link", _LINKS)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     _check_mean(f_mean, binary=link == "sigmoid")

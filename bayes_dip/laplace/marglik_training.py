@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bayes_dip.checks import check_int
+from bayes_dip.checks import check_choice, check_int
 from bayes_dip.output_folder import atomic_write
 
 from .laplace import Laplace
@@ -69,8 +69,7 @@ class MarglikConfig:
         for name in ("epochs", "batch_size", "frequency", "n_hyper_steps", "curvature_batch_size"):
             check_int(getattr(self, name), name, 1)
         check_int(self.burn_in, "burn_in", 0)
-        if self.prior not in ("layerwise", "scalar"):
-            raise ValueError(f"prior must be 'layerwise' or 'scalar', got {self.prior!r}")
+        check_choice(self.prior, "prior", ("layerwise", "scalar"))
         for name in ("lr", "lr_hyper", "prior_precision", "sigma_noise"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

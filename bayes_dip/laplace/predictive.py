@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checks import check_choice
 from .curvature.layers import JacobianTerm, jacobian_terms, supported_layers
 from .functional import ModelFunction
 from .likelihoods import BernoulliLikelihood, CategoricalLikelihood, Likelihood
@@ -60,8 +61,7 @@ def classification_probabilities(likelihood: Likelihood, f_mean: Tensor, f_cov: 
     Categorical: ``(B, C)``; Bernoulli: ``P(y = 1)`` with the shape of the logits.
     ``f_cov`` is ``(B, C, C)`` or variances ``(B, C)``.
     """
-    if link not in LINKS:
-        raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+    check_choice(link, "link", LINKS)
     if isinstance(likelihood, CategoricalLikelihood):
         if link == "probit":
             return probit_multiclass(f_mean, f_cov)

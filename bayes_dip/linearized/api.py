@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from bayes_dip.checks import check_int, check_number
+from bayes_dip.checks import check_choice, check_int, check_number
 
 from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
@@ -274,8 +274,7 @@ class LinearizedDIP:
         128²) and −1.7 to +0.2 dB (KMNIST 0–2): it only pays off for an under-fitted DIP (it
         rescued a stuck one by 7 dB), so the DIP output is the default.
         """
-        if mean not in _MEANS:
-            raise ValueError(f"mean must be one of {_MEANS}, got {mean!r}")
+        check_choice(mean, "mean", _MEANS)
         mode = self.resolve_mode(mode or self.mode or "auto")
         t0 = time.perf_counter()
         out = EVIDENCE_MODES[mode].predictive(self, num_samples=num_samples,

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from bayes_dip.checks import check_int, check_number
+from bayes_dip.checks import check_choice, check_int, check_number
 from bayes_dip.output_folder import atomic_write
 from bayes_dip.runtime import deferred_interrupts
 
@@ -102,10 +102,8 @@ class EvidenceConfig:
     def __post_init__(self) -> None:
         from .modes import EVIDENCE_MODES
 
-        if self.mode not in EVIDENCE_MODES:
-            raise ValueError(f"mode must be one of {tuple(EVIDENCE_MODES)}, got {self.mode!r}")
-        if self.weights not in _WEIGHTS:
-            raise ValueError(f"weights must be one of {_WEIGHTS}, got {self.weights!r}")
+        check_choice(self.mode, "mode", EVIDENCE_MODES)
+        check_choice(self.weights, "weights", _WEIGHTS)
         for name, minimum in (("steps", 0), ("num_probes", 1), ("cg_max_iter", 1),
                               ("precond_rank", 0), ("precond_every", 1), ("seed", 0),
                               ("checkpoint_every", 1)):
@@ -150,8 +148,7 @@ def negative_log_evidence(model: LinearizedModel,
                           weights: str = "map") -> Tensor:
     """Negative log evidence (scalar, float64, differentiable in the hyperparameters): exact
     with a StructuredCovariance, the subspace bound with a SubspaceCovariance."""
-    if weights not in _WEIGHTS:
-        raise ValueError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
+    check_choice(weights, "weights", _WEIGHTS)
     nv = model.noise_variance
     const = 0.5 * model.num_obs * math.log(2 * math.pi)
     if weights == "map":

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from bayes_dip.checks import check_int, check_number
+from bayes_dip.checks import check_choice, check_int, check_number
 
 __all__ = ["BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
            "WeightPrior", "KERNEL_JITTER"]
@@ -101,9 +101,7 @@ def weight_layout(net: nn.Module, blocks: Sequence | None = None) -> WeightLayou
     seen: set[str] = set()
     start = 0
     for block in blocks:
-        if block.kind not in ("gp", "normal"):
-            raise ValueError(f"block {block.name!r}: kind must be 'gp' or 'normal', "
-                             f"got {block.kind!r}")
+        check_choice(block.kind, f"block {block.name!r}: kind", ("gp", "normal"))
         if not block.modules:
             raise ValueError(f"block {block.name!r} lists no modules")
         names, shapes, sizes = [], [], set()
@@ -232,8 +230,7 @@ class WeightPrior(nn.Module):
     def block_factors(self, kind: str = "cov") -> list[Tensor]:
         """Per block: ``(m, m)`` matrix (GP) or scalar (Normal) of ``Σ_d`` (``kind="cov"``),
         its lower Cholesky factor (``"sqrt"``) or its inverse (``"inv"``)."""
-        if kind not in ("cov", "sqrt", "inv"):
-            raise ValueError(f"kind must be 'cov', 'sqrt' or 'inv', got {kind!r}")
+        check_choice(kind, "kind", ("cov", "sqrt", "inv"))
         out: list[Tensor] = []
         var = self.variances
         gp = {d: i for i, d in enumerate(self.layout.gp_indices)}

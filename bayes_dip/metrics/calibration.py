@@ -18,6 +18,7 @@ import numpy as np
 from scipy.special import ndtri
 from scipy.stats import norm, rankdata
 
+from bayes_dip.checks import check_choice
 from bayes_dip.metrics._inputs import ArrayLike, as_float64_array, check_finite, predictive_arrays
 
 __all__ = ["DEFAULT_LEVELS", "CoverageCurve", "coverage_curve", "coverage_ece",
@@ -143,8 +144,7 @@ def sparsification_curve(mean: ArrayLike, std: ArrayLike, ground_truth: ArrayLik
     both curves are divided by the error of all pixels (so they start at 1). Ties in
     ``std`` are removed in pixel order (so a constant std ranks pixels arbitrarily).
     """
-    if error not in ("mae", "mse", "rmse"):
-        raise ValueError(f"error must be 'mae', 'mse' or 'rmse', got {error!r}")
+    check_choice(error, "error", ("mae", "mse", "rmse"))
     if not isinstance(n_fractions, int) or n_fractions < 2:
         raise ValueError(f"n_fractions must be an int >= 2, got {n_fractions!r}")
     mu, sd, gt = predictive_arrays(mean, std, ground_truth)

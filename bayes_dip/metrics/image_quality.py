@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from bayes_dip.checks import check_choice
 from bayes_dip.metrics._inputs import ArrayLike, as_image_batch, check_finite, check_same_shape
 
 __all__ = ["psnr", "ssim"]
@@ -18,8 +19,7 @@ __all__ = ["psnr", "ssim"]
 
 def _per_image(metric: Callable[..., float], recon: ArrayLike, ground_truth: ArrayLike,
                data_range: float | None, reduction: str) -> float | np.ndarray:
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    check_choice(reduction, "reduction", ("mean", "none"))
     x = as_image_batch(recon, "recon")
     gt = as_image_batch(ground_truth, "ground_truth")
     check_same_shape({"recon": x, "ground_truth": gt})

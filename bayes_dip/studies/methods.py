@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from bayes_dip.checks import check_int, check_number
+from bayes_dip.checks import check_choice, check_int, check_number
 from bayes_dip.dip import DIPConfig
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.prediction import SAMPLES_PER_PIXEL_FOR_FULL, Prediction
@@ -224,8 +224,7 @@ def _check_linearized(config: Any) -> None:
     _check_keys(pr, _PREDICTIVE_KEYS, "predictive")
     check_int(pr.get("num_samples", 1024), "predictive.num_samples", 2)
     for key, allowed in _PREDICTIVE_CHOICES.items():
-        if pr.get(key, allowed[0]) not in allowed:
-            raise ValueError(f"predictive.{key} must be one of {allowed}, got {pr[key]!r}")
+        check_choice(pr.get(key, allowed[0]), f"predictive.{key}", allowed)
     noise = pr.get("image_noise", "auto")
     if noise != "auto":
         check_number(noise, "predictive.image_noise", ge=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...checks import check_choice
 from ..likelihoods import Likelihood
 
 __all__ = ["OutputCurvature", "CURVATURES"]
@@ -20,8 +21,7 @@ class OutputCurvature:
     """``Λ₀`` of one kind, with a square-root factor; all methods take outputs ``f`` and targets ``y``."""
 
     def __init__(self, likelihood: Likelihood, kind: str = "ggn"):
-        if kind not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {kind!r}")
+        check_choice(kind, "curvature", CURVATURES)
         self.likelihood = likelihood
         self.kind = kind
 
