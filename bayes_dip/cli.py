@@ -247,6 +247,10 @@ def _partial_progress(partial: Path) -> str:
     if mcdo is not None:
         parts.append(f"MC-dropout DIP iteration {mcdo['iteration']} of "
                      f"{mcdo['config']['iterations']}")
+    for samples in sorted(partial.glob("mcdo_samples-*.pt")):
+        state = torch.load(samples, map_location="cpu", weights_only=False)
+        parts.append(f"MC-dropout samples {state['moments']['count']} of "
+                     f"{state['key']['num_samples']}")
     if (partial / "subspace.pt").is_file():
         parts.append("the low-rank subspace")
     for evidence in sorted(partial.glob("evidence-*.pt")):
@@ -256,8 +260,8 @@ def _partial_progress(partial: Path) -> str:
 
 
 #: checkpoint files of run_reconstruct inside <out>.partial/
-_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "mcdo/dip_checkpoint.pt", "subspace.pt",
-                     "evidence-*.pt")
+_CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "mcdo/dip_checkpoint.pt", "mcdo_samples-*.pt",
+                     "subspace.pt", "evidence-*.pt")
 #: settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("quiet",)
 

@@ -231,3 +231,47 @@ def test_mcdo_predictive_rejects_bad_net_and_input():
         sample_count_stability(_net(), _input(), torch.rand(8, 8), counts=(4,), progress=False)
     with pytest.raises(ValueError, match="seeds"):
         sample_count_stability(_net(), _input(), _input(), counts=(4,), seeds=(), progress=False)
+
+
+class _FailsAfter(nn.Module):
+    """The network, failing on its ``calls``-th forward pass (an interrupted run)."""
+
+    def __init__(self, net: nn.Module, calls: int):
+        super().__init__()
+        self.net, self.left = net, calls
+
+    def forward(self, x):
+        self.left -= 1
+        if self.left == 0:
+            raise RuntimeError("interrupted")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_interrupted_sampling_resumes_to_the_uninterrupted_result(tmp_path, full):
+    net, x = _net(), _input()
+    kwargs = dict(num_samples=40, seed=2, batch_size=4, full_covariance=full,
+                  patch_sizes=(2,), progress=False)
+    whole = mcdo_predictive(net, x, **kwargs)
+    path = tmp_path / "samples.pt"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        mcdo_predictive(_FailsAfter(net, 6), x, checkpoint_path=path, checkpoint_every=2,
+                        **kwargs)
+    # 5 batches ran; the file holds the last save, every 2 batches: after 16 samples
+    assert torch.load(path, weights_only=False)["moments"]["count"] == 16
+    resumed = mcdo_predictive(net, x, checkpoint_path=path, checkpoint_every=2, **kwargs)
+    assert resumed.num_samples == 40
+    torch.testing.assert_close(resumed.mean, whole.mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(resumed.std, whole.std, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(resumed.patch_covariances[2], whole.patch_covariances[2],
+                               rtol=1e-12, atol=1e-14)
+    if full:
+        torch.testing.assert_close(resumed.covariance, whole.covariance, rtol=1e-12, atol=1e-14)
+    # a finished file returns at once, without a forward pass
+    again = mcdo_predictive(_FailsAfter(net, 1), x, checkpoint_path=path, **kwargs)
+    assert torch.equal(again.std, resumed.std)
+    # another run's file is refused with the argument named
+    with pytest.raises(ValueError, match="checkpoint_path.*seed"):
+        mcdo_predictive(net, x, checkpoint_path=path, **{**kwargs, "seed": 3})
+    with pytest.raises(ValueError, match="store_samples"):
+        mcdo_predictive(net, x, checkpoint_path=path, store_samples=True, **kwargs)

@@ -88,6 +88,17 @@ class StreamingMoments:
                 m2 += weight * dp[:, :, None] * dp[:, None, :]
         self.count = total
 
+    def state_dict(self) -> dict:
+        """The accumulators (for a checkpoint)."""
+        return {"count": self.count, "mean": self.mean, "m2_diag": self.m2_diag,
+                "m2_full": self.m2_full, "m2_patch": self.m2_patch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from accumulators of :meth:`state_dict` (same pixels, patches, device)."""
+        self.count = int(state["count"])
+        self.mean, self.m2_diag, self.m2_full = state["mean"], state["m2_diag"], state["m2_full"]
+        self.m2_patch = state["m2_patch"]
+
     def variance(self, added_variance: float = 0.0) -> Tensor:
         """Unbiased pixel variances ``(n,)`` plus ``added_variance``."""
         return self.m2_diag / (self.count - 1) + added_variance

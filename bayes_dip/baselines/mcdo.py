@@ -22,8 +22,10 @@ same pass ``added_variance=ray_trafo.variance_factor()``; the studies' ``mcdo`` 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -33,6 +35,8 @@ from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
+from bayes_dip.output_folder import atomic_write
+from bayes_dip.runtime import deferred_interrupts
 from bayes_dip.metrics import (log_likelihood_diagonal, log_likelihood_full,
                                log_likelihood_patchwise)
 
@@ -207,32 +211,44 @@ def _check_net_input(net: nn.Module, net_input: Tensor) -> Tensor:
 
 
 def _mc_batches(net: nn.Module, net_input: Tensor, stops: Sequence[int], seed: int,
-                batch_size: int, progress: bool) -> Iterator[tuple[int, Tensor]]:
-    """Yield ``(count so far, samples (b, 1, H, W))`` with dropout active; batches end
-    exactly at each count in ``stops`` (sorted). Seeded from ``seed`` in a forked RNG."""
+                batch_size: int, progress: bool, start: int = 0, rng_state: tuple | None = None,
+                ) -> Iterator[tuple[int, Tensor, tuple]]:
+    """Yield ``(count so far, samples (b, 1, H, W), RNG state after the batch)`` with dropout
+    active; batches end exactly at each count in ``stops`` (sorted). Seeded from ``seed`` in a
+    forked RNG, or continued from ``start`` samples with the ``rng_state`` yielded there."""
     device = net_input.device
     devices = [device] if device.type == "cuda" else []
     total = stops[-1]
+    cuda = device.type == "cuda"
     with torch.random.fork_rng(devices=devices), torch.no_grad(), _mc_dropout_mode(net):
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
-        count = 0
-        with tqdm(total=total, desc="MC dropout", disable=not progress, dynamic_ncols=True) as bar:
+        if rng_state is None:
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        else:
+            torch.set_rng_state(rng_state[0])
+            if cuda:
+                torch.cuda.set_rng_state(rng_state[1], device)
+        count = start
+        with tqdm(total=total, initial=start, desc="MC dropout", disable=not progress,
+                  dynamic_ncols=True) as bar:
             for stop in stops:
                 while count < stop:
                     b = min(batch_size, stop - count)
                     out = net(net_input.expand(b, *net_input.shape[1:]))
                     count += b
                     bar.update(b)
-                    yield count, out
+                    state = (torch.get_rng_state(),
+                             torch.cuda.get_rng_state(device) if cuda else None)
+                    yield count, out, state
 
 
 def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEFAULT_NUM_SAMPLES,
                     seed: int = 0, batch_size: int | None = None,
                     full_covariance: bool | None = None, patch_sizes: Sequence[int] = (),
                     added_variance: float = 0.0, store_samples: bool = False,
-                    progress: bool = True) -> SamplePredictive:
+                    progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
+                    checkpoint_every: int = 64) -> SamplePredictive:
     """Gaussian predictive of MC dropout: moments of ``num_samples`` stochastic passes.
 
     The network runs in eval mode with only its dropout layers active (its modes are
@@ -254,6 +270,12 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
             see the module docstring for the image-noise term the paper adds.
         store_samples: also return the samples ``(S, 1, H, W)``.
         progress: tqdm bar.
+        checkpoint_path: file that keeps the moments and the RNG state every
+            ``checkpoint_every`` batches, at the end and on SIGINT/SIGTERM (which then raises
+            ``KeyboardInterrupt`` after the batch); a run that finds it continues from it and
+            ends with the uninterrupted run's result (a finished one returns at once). It is
+            keyed by the sampling settings and the network's weights; another run's file is
+            refused. Not with ``store_samples``.
     """
     _dropout_rates(net)
     x_in = _check_net_input(net, net_input)
@@ -275,14 +297,50 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
     t0 = time.perf_counter()
     moments = StreamingMoments(n, full_covariance, {p: PatchGrouping(im_shape, p) for p in sizes},
                                x_in.device)
-    kept: list[Tensor] = []
-    for _, out in _mc_batches(net, x_in, [num_samples], seed, batch_size, progress):
-        _check_output(out, im_shape)
-        moments.update(out.reshape(out.shape[0], n))
+    path, start, rng_state, elapsed = None, 0, None, 0.0
+    if checkpoint_path is not None:
         if store_samples:
-            kept.append(out.detach().clone())
+            raise ValueError("checkpoint_path cannot be combined with store_samples (the samples "
+                             "themselves are not checkpointed)")
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
+        path = Path(checkpoint_path)
+        key = dict(num_samples=num_samples, seed=seed, batch_size=batch_size,
+                   full_covariance=full_covariance, patch_sizes=sizes, im_shape=im_shape,
+                   weights=_weights_digest(net))
+        if path.is_file():
+            state = torch.load(path, map_location=x_in.device, weights_only=False)
+            if state["key"] != key:
+                changed = sorted(k for k in key if state["key"].get(k) != key[k])
+                raise ValueError(f"checkpoint_path: {path} holds the MC-dropout samples of "
+                                 f"another run (different {', '.join(changed)}); delete it to "
+                                 "start over")
+            moments.load_state_dict(state["moments"])
+            start, rng_state, elapsed = moments.count, state["rng_state"], state["seconds"]
+    kept: list[Tensor] = []
+    with deferred_interrupts(path is not None) as stop:
+        batches = _mc_batches(net, x_in, [num_samples], seed, batch_size, progress, start,
+                              rng_state) if start < num_samples else ()
+        for i, (count, out, rng_after) in enumerate(batches):
+            _check_output(out, im_shape)
+            moments.update(out.reshape(out.shape[0], n))
+            if store_samples:
+                kept.append(out.detach().clone())
+            if path is not None and ((i + 1) % checkpoint_every == 0 or count == num_samples
+                                     or stop.requested):
+                seconds = elapsed + time.perf_counter() - t0
+                state = dict(key=key, moments=moments.state_dict(), rng_state=rng_after,
+                             seconds=seconds)
+                atomic_write(path, lambda f: torch.save(state, f))
+            if stop.requested:
+                raise KeyboardInterrupt
     return _predictive(moments, im_shape, added_variance,
-                       torch.cat(kept) if store_samples else None, time.perf_counter() - t0)
+                       torch.cat(kept) if store_samples else None,
+                       elapsed + time.perf_counter() - t0)
+
+
+def _weights_digest(net: nn.Module) -> list[float]:
+    """Per parameter tensor, its float64 sum: tells one trained network from another."""
+    return [float(p.detach().double().sum()) for p in net.parameters()]
 
 
 def _check_output(out: Tensor, im_shape: tuple[int, ...]) -> None:
@@ -370,7 +428,7 @@ def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tens
     for i, seed in enumerate(seed_list):
         moments = StreamingMoments(n, full, patches, x_in.device)
         j = 0
-        for count, out in _mc_batches(net, x_in, stops, seed, batch_size, progress):
+        for count, out, _ in _mc_batches(net, x_in, stops, seed, batch_size, progress):
             _check_output(out, im_shape)
             moments.update(out.reshape(out.shape[0], n))
             if count == stops[j]:

@@ -167,11 +167,14 @@ def _mcdo(ctx: MethodContext) -> Prediction:
     with torch.no_grad():
         residual = ctx.ray_trafo(fit.recon.to(ctx.y.dtype)) - ctx.y
     added = _variance_factor(ctx) * float(residual.square().mean())  # σ̂_y² c_A
+    # the samples resume after an interruption; the file is specific to the settings
+    tag = fingerprint({s: ctx.config.section(s) for s in ("mcdo", "metrics")})
     pred = mcdo_predictive(fit.net, fit.net_input, num_samples=num_samples,
                            seed=ctx.seed(1), batch_size=section.get("batch_size"),
                            full_covariance=full,
                            patch_sizes=() if full or options.patch_size == 1 else (options.patch_size,),
-                           added_variance=added, progress=ctx.progress)
+                           added_variance=added, progress=ctx.progress,
+                           checkpoint_path=ctx.cache_dir / f"mcdo_samples-{tag}.pt")
     gallery = None
     count = ctx.config.figures.gallery_samples
     if count >= 2:
