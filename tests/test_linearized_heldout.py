@@ -1,5 +1,4 @@
 """Held-out predictive of the measurements against brute-force conditioning of a dense K."""
-import math
 
 import pytest
 import torch

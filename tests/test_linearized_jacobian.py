@@ -1,7 +1,6 @@
 """Jacobian of the U-Net w.r.t. the weights under the prior: JVP/VJP/dense vs autograd."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 __all__ = ["ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive"]

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
-from bayes_dip.linalg import CGInfo, Preconditioner, pcg, randomized_svd
+from bayes_dip.linalg import CGInfo, Preconditioner, pcg
 
 from .covariance import StructuredCovariance
 from .heldout import ObservationSpectrum

@@ -75,7 +75,9 @@ class EvidenceMode:
 
     def objective(self, model: LinearizedModel, config: EvidenceConfig, structure: Any,
                   generator) -> Objective:
-        raise NotImplementedError
+        """The evidence objective of one run (default: the closed-form negative log
+        evidence of ``structure``)."""
+        return GaussianObjective(model, structure, config.weights)
 
     def predcp(self, lin: LinearizedDIP, rate: float, num_samples: int | None, seed: int):
         """The TV-PredCP term ``prior -> Σ_d −log p(ℓ_d)`` at ``rate``."""

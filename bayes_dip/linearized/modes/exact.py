@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..covariance import StructuredCovariance
 from ..predcp import ExactTVPredCP
 from ..predictive import conditional_mean, exact_predictive
-from .base import EvidenceMode, GaussianObjective
+from .base import EvidenceMode
 
 __all__ = ["ExactMode"]
 
@@ -26,9 +24,6 @@ class ExactMode(EvidenceMode):
     def check_structure(self, structure: Any) -> None:
         if not isinstance(structure, StructuredCovariance):
             raise ValueError("mode='exact' needs structured=StructuredCovariance.build(...)")
-
-    def objective(self, model, config, structure, generator) -> GaussianObjective:
-        return GaussianObjective(model, structure, config.weights)
 
     def predcp(self, lin, rate: float, num_samples: int | None, seed: int) -> ExactTVPredCP:
         return ExactTVPredCP(lin.structured, lin.model.prior, rate)

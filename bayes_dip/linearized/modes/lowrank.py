@@ -8,7 +8,7 @@ import torch
 from ..predcp import FixedSampleTVPredCP
 from ..predictive import subspace_predictive
 from ..subspace import SubspaceCovariance
-from .base import EvidenceMode, GaussianObjective
+from .base import EvidenceMode
 
 __all__ = ["LowRankMode"]
 
@@ -27,9 +27,6 @@ class LowRankMode(EvidenceMode):
     def check_structure(self, structure: Any) -> None:
         if not isinstance(structure, SubspaceCovariance):
             raise ValueError("mode='lowrank' needs structured=SubspaceCovariance.build(...)")
-
-    def objective(self, model, config, structure, generator) -> GaussianObjective:
-        return GaussianObjective(model, structure, config.weights)
 
     def predcp(self, lin, rate: float, num_samples: int | None, seed: int) -> FixedSampleTVPredCP:
         gen = torch.Generator(device=lin.jac.device).manual_seed(seed)
