@@ -50,12 +50,12 @@ print(f"γ = {config.gamma:.2e}; PSNR: FBP {psnr(problem.fbp, x):.1f} dB, "
 # Error bars from the linearised DIP
 # ----------------------------------
 # At 32² the exact evidence applies: ``K_yy`` is assembled from precomputed Gram matrices
-# and each hyperparameter step is one Cholesky factorisation. ``predcp_scale=0.1`` adds the
+# and each hyperparameter step is one Cholesky factorisation. ``predcp_scale=1.0`` adds the
 # TV-PredCP hyperprior (TV-MAP) at the command line's scale. 100 steps do not converge (a
 # warning says so); the CLI runs 1,500.
 lin = LinearizedDIP(dip.net, dip.net_input, A, problem.sinogram, gamma=config.gamma,
                     noise_variance=how["noise_std"] ** 2)
-lin.optimize_hyperparameters("auto", predcp_scale=0.1, steps=100, progress=False)
+lin.optimize_hyperparameters("auto", predcp_scale=1.0, steps=100, progress=False)
 result = lin.estimate_uncertainty()
 pred = Prediction.from_uncertainty(result)  # the predictive type every method returns
 print(f"evidence mode {result.mode}; test log-likelihood "

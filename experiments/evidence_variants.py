@@ -4,7 +4,7 @@ For each development case (the cases of ``calibration_benchmark.py``) one data-d
 trained (checkpointed under ``--out``), then the linearised DIP's hyperparameters are fitted
 in each variant and the default std map is scored against the ground truth:
 
-* ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (0.1), σ_y² learnt from the
+* ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (1), σ_y² learnt from the
   noise estimate (the command's default); ``tvmap<S>``: at scale ``S`` (``tvmap1``: the paper's);
 * ``mll``: plain type-II ML (``--method lin-dip-mll``);
 * a ``-fixed`` suffix: σ_y² held at the known (simulated) noise variance.
