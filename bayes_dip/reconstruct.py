@@ -122,18 +122,18 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
     if settings["uncertainty"]:
         pred = METHODS[settings["method"]].run(ctx)
         network_output = pred.network_output
+        run = dict(iterations_run=pred.info.get("dip_iterations_run"),
+                   best_iteration=pred.info.get("dip_best_iteration"))
         seconds = dict(dip=pred.seconds.get("dip"),
                        **{f"uncertainty_{k}": v for k, v in pred.seconds.items() if k != "dip"})
         dip_config = METHODS[settings["method"]].dip(study)
     else:
         dip = ctx.dip()
         network_output = dip.recon
+        run = dict(iterations_run=len(dip.history.loss), best_iteration=dip.best_iteration)
         seconds, dip_config = dict(dip=dip.seconds), study.dip
     network_output = network_output.detach().float().cpu()
     recon = network_output if pred is None else pred.mean.detach().float().cpu()
-    run = dict(iterations_run=len(dip.history.loss), best_iteration=dip.best_iteration) \
-        if pred is None else dict(iterations_run=pred.info.get("dip_iterations_run"),
-                                  best_iteration=pred.info.get("dip_best_iteration"))
     metrics = dict(problem=problem.info, dip=dict(dip_config.to_dict(), **derived, **run),
                    fbp=_quality(problem.fbp, problem), dip_quality=_quality(recon, problem),
                    dip_network_quality=_quality(network_output, problem), seconds=seconds)
