@@ -100,3 +100,28 @@ def test_changed_settings_or_restart(tmp_path, data_root):
                                env=_env(), capture_output=True, text=True, timeout=300)
     assert restarted.returncode == 0, restarted.stderr
     assert "resuming" not in restarted.stderr and not (tmp_path / "run.partial").exists()
+
+
+def test_interrupted_mc_dropout_sampling_resumes(tmp_path, data_root):
+    """SIGINT while the MC-dropout samples stream: the moments so far are kept and the rerun
+    ends with the uninterrupted run's std map."""
+    def command(out):
+        return ["reconstruct", "--kmnist", "0", "--data-root", str(data_root), "--angles", "10",
+                "--iterations", "100", "--method", "mcdo", "--mcdo-samples", "20000",
+                "--samples", "4", "--threads", "1", "--out", str(out)]
+
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "bayes_dip.cli", *command(reference), "--quiet"],
+                   env=_env(), check=True, capture_output=True, timeout=600)
+    out = tmp_path / "run"
+    code, err = _run_and_interrupt(command(out), "MC dropout", 20000)
+    assert code == 128 + signal.SIGINT, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted; saved" in last and "MC-dropout samples" in last, last
+    assert "of 20000" in last, last
+    done = subprocess.run([sys.executable, "-m", "bayes_dip.cli", *command(out), "--quiet"],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "MC-dropout samples" in done.stderr  # what resumed
+    for name in ("reconstruction.npy", "std.npy", "samples.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(reference / name), name)

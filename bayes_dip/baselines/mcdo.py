@@ -332,6 +332,7 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
                              seconds=seconds)
                 atomic_write(path, lambda f: torch.save(state, f))
             if stop.requested:
+                batches.close()  # its progress bar ends before the interrupt is reported
                 raise KeyboardInterrupt
     return _predictive(moments, im_shape, added_variance,
                        torch.cat(kept) if store_samples else None,
