@@ -212,10 +212,11 @@ def _check_net_input(net: nn.Module, net_input: Tensor) -> Tensor:
 
 def _mc_batches(net: nn.Module, net_input: Tensor, stops: Sequence[int], seed: int,
                 batch_size: int, progress: bool, start: int = 0, rng_state: tuple | None = None,
-                ) -> Iterator[tuple[int, Tensor, tuple]]:
-    """Yield ``(count so far, samples (b, 1, H, W), RNG state after the batch)`` with dropout
-    active; batches end exactly at each count in ``stops`` (sorted). Seeded from ``seed`` in a
-    forked RNG, or continued from ``start`` samples with the ``rng_state`` yielded there."""
+                ) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(count so far, samples (b, 1, H, W))`` with dropout active; batches end exactly
+    at each count in ``stops`` (sorted). Seeded from ``seed`` in a forked RNG, or continued
+    from ``start`` samples with an ``rng_state`` that :func:`_rng_state` took there (while the
+    generator is suspended after a batch, the global RNG is the forked one)."""
     device = net_input.device
     devices = [device] if device.type == "cuda" else []
     total = stops[-1]
@@ -238,9 +239,13 @@ def _mc_batches(net: nn.Module, net_input: Tensor, stops: Sequence[int], seed: i
                     out = net(net_input.expand(b, *net_input.shape[1:]))
                     count += b
                     bar.update(b)
-                    state = (torch.get_rng_state(),
-                             torch.cuda.get_rng_state(device) if cuda else None)
-                    yield count, out, state
+                    yield count, out
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The global RNG state on the CPU and on ``device`` (for a checkpoint of the stream)."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
 def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEFAULT_NUM_SAMPLES,
@@ -320,7 +325,7 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
     with deferred_interrupts(path is not None) as stop:
         batches = _mc_batches(net, x_in, [num_samples], seed, batch_size, progress, start,
                               rng_state) if start < num_samples else ()
-        for i, (count, out, rng_after) in enumerate(batches):
+        for i, (count, out) in enumerate(batches):
             _check_output(out, im_shape)
             moments.update(out.reshape(out.shape[0], n))
             if store_samples:
@@ -328,8 +333,8 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
             if path is not None and ((i + 1) % checkpoint_every == 0 or count == num_samples
                                      or stop.requested):
                 seconds = elapsed + time.perf_counter() - t0
-                state = dict(key=key, moments=moments.state_dict(), rng_state=rng_after,
-                             seconds=seconds)
+                state = dict(key=key, moments=moments.state_dict(),
+                             rng_state=_rng_state(x_in.device), seconds=seconds)
                 atomic_write(path, lambda f: torch.save(state, f))
             if stop.requested:
                 batches.close()  # its progress bar ends before the interrupt is reported
@@ -429,7 +434,7 @@ def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tens
     for i, seed in enumerate(seed_list):
         moments = StreamingMoments(n, full, patches, x_in.device)
         j = 0
-        for count, out, _ in _mc_batches(net, x_in, stops, seed, batch_size, progress):
+        for count, out in _mc_batches(net, x_in, stops, seed, batch_size, progress):
             _check_output(out, im_shape)
             moments.update(out.reshape(out.shape[0], n))
             if count == stops[j]:

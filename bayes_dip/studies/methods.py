@@ -166,7 +166,8 @@ def _mcdo(ctx: MethodContext) -> Prediction:
             and h * w <= options.full_covariance_max_pixels)
     with torch.no_grad():
         residual = ctx.ray_trafo(fit.recon.to(ctx.y.dtype)) - ctx.y
-    added = _variance_factor(ctx) * float(residual.square().mean())  # σ̂_y² c_A
+    noise_variance = float(residual.square().mean())  # σ̂_y²
+    added = _variance_factor(ctx) * noise_variance
     # the samples resume after an interruption; the file is specific to the settings
     tag = fingerprint({s: ctx.config.section(s) for s in ("mcdo", "metrics")})
     pred = mcdo_predictive(fit.net, fit.net_input, num_samples=num_samples,
@@ -186,7 +187,7 @@ def _mcdo(ctx: MethodContext) -> Prediction:
                       seconds={"dip": fit.seconds, "predictive": pred.seconds},
                       added_variance=added, network_output=fit.recon,
                       info={"num_samples": pred.num_samples, "dropout_p": p,
-                            "noise_variance": added / _variance_factor(ctx),
+                            "noise_variance": noise_variance,
                             "added_variance": added, **_dip_info(fit)})
 
 
