@@ -8,7 +8,8 @@ import torch
 
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
 from bayes_dip.dip import UNet
-from bayes_dip.linearized import (ImageCovariance, NetworkJacobian, ObservationCovariance,
+from bayes_dip.laplace import ObservationKernel
+from bayes_dip.linearized import (ImageCovariance, NetworkJacobian, ray_likelihood,
                                   StructuredCovariance, WeightLayout, WeightPrior, distance_classes,
                                   gprior_layout, joint_block_basis)
 
@@ -42,7 +43,7 @@ def test_matrix_free_kyy_matches_dense(setup):
     jac, rt, j, a = setup
     prior = _random_prior(jac.layout, 1)
     noise = torch.tensor(0.3, dtype=F64)
-    obs = ObservationCovariance(ImageCovariance(jac, prior), rt, noise.log())
+    obs = ObservationKernel(ImageCovariance(jac, prior), ray_likelihood(rt), noise.log())
     dense = a @ j @ _dense_sigma(prior) @ j.T @ a.T + noise * torch.eye(a.shape[0], dtype=F64)
     v = torch.randn(a.shape[0], 4, dtype=F64)
     with torch.no_grad():
@@ -132,7 +133,7 @@ def test_joint_block_basis():
 def test_nystrom_preconditioner(setup):
     jac, rt, j, a = setup
     prior = _random_prior(jac.layout, 7)
-    obs = ObservationCovariance(ImageCovariance(jac, prior), rt, torch.tensor(0.1, dtype=F64).log())
+    obs = ObservationKernel(ImageCovariance(jac, prior), ray_likelihood(rt), torch.tensor(0.1, dtype=F64).log())
     n = math.prod(rt.obs_shape)
     p = obs.preconditioner(rank=n - 1, generator=torch.Generator().manual_seed(0))
     k0 = (a @ j @ _dense_sigma(prior) @ j.T @ a.T)
@@ -150,11 +151,11 @@ def test_bad_inputs(setup):
         ImageCovariance(jac, WeightPrior(WeightLayout(jac.layout.blocks[:2])))
     img = ImageCovariance(jac, prior)
     with pytest.raises(ValueError, match="scalar"):
-        ObservationCovariance(img, rt, torch.zeros(2, dtype=F64))
+        ObservationKernel(img, ray_likelihood(rt), torch.zeros(2, dtype=F64))
     other = RayTransform(ParallelBeamGeometry((6, 6), num_angles=5))
-    with pytest.raises(ValueError, match="im_shape"):
-        ObservationCovariance(img, other, torch.tensor(0.0, dtype=F64))
-    obs = ObservationCovariance(img, rt, torch.tensor(0.0, dtype=F64))
+    with pytest.raises(ValueError, match="out_shape"):
+        ObservationKernel(img, ray_likelihood(other), torch.tensor(0.0, dtype=F64))
+    obs = ObservationKernel(img, ray_likelihood(rt), torch.tensor(0.0, dtype=F64))
     with pytest.raises(ValueError, match="shape"):
         obs.matmul(torch.zeros(3, 1, dtype=F64))
     sc = StructuredCovariance.build(jac, rt, prior)

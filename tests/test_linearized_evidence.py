@@ -8,6 +8,7 @@ import torch
 
 from linearized_problem import noisy_measurement, tiny_jacobian_and_ray_trafo
 
+from bayes_dip.laplace import gaussian_log_evidence
 from bayes_dip.linearized import (EvidenceConfig, ExactTVPredCP, LinearizedModel,
                                   StructuredCovariance, WeightPrior, negative_log_evidence,
                                   optimize_evidence)
@@ -58,6 +59,9 @@ def test_negative_log_evidence_closed_forms(parts):
         gauss = -torch.distributions.MultivariateNormal(mean, k).log_prob(yv)
         torch.testing.assert_close(negative_log_evidence(model, sc, "linearized_mode"), gauss,
                                    rtol=1e-9, atol=0)
+        # ... which is the Laplace core's function-space evidence of the matrix-free K_yy
+        core = -gaussian_log_evidence(model.obs_cov.to_dense(), model.prior_mean_residual)
+        torch.testing.assert_close(core, gauss, rtol=1e-9, atol=0)
     with pytest.raises(ValueError, match="weights"):
         negative_log_evidence(model, sc, "mode")
 

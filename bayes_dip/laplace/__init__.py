@@ -2,7 +2,9 @@
 
 Textbook Laplace (:mod:`.explicit`, :mod:`.transforms`), predictive links (:mod:`.links`),
 and neural-network Laplace: likelihoods × weight subsets × curvature structures composed
-by :class:`Laplace`; online marginal-likelihood training (:func:`train_marglik`).
+by :class:`Laplace`; online marginal-likelihood training (:func:`train_marglik`); and the
+function-space (GP) view of linearised Laplace behind a linear operator
+(:mod:`.function_space`: ``K_yy = A J Σ_θ Jᵀ Aᵀ + σ² I``), on which the linearised DIP is built.
 
 Choosing the prior precision: ``Laplace.optimize_prior_precision()`` defaults to ``"auto"``:
 the Laplace evidence sets ``δ`` (one value per parameter tensor when ``prior_precision`` has
@@ -19,6 +21,9 @@ from .curvature import GGNOperator, OutputCurvature
 from .evidence import mackay_prior_precision
 from .explicit import *  # noqa: F401,F403
 from .explicit import __all__ as _explicit_all
+from .function_space import (DiagonalCovariance, ObservationKernel, OutputKernel, WeightCovariance,
+                             gaussian_log_evidence)
+from .functional import ModelFunction, ModelJacobian
 from .laplace import Laplace
 from .likelihoods import (BernoulliLikelihood, CategoricalLikelihood, GaussianLikelihood, Likelihood,
                           LinearGaussianLikelihood, make_likelihood)
@@ -37,6 +42,8 @@ __all__ = [
     "Structure", "Full", "Diag", "KFAC", "LowRank", "MatrixFree", "make_structure",
     "WeightSubset", "all_weights", "last_layer", "from_names", "largest_variance",
     "OutputCurvature", "GGNOperator", "mackay_prior_precision",
+    "ModelFunction", "ModelJacobian", "WeightCovariance", "DiagonalCovariance", "OutputKernel",
+    "ObservationKernel", "gaussian_log_evidence",
     "train_marglik", "MarglikConfig", "MarglikResult",
     "probit_binary", "probit_multiclass", "laplace_bridge", "laplace_bridge_predictive", "mc_predictive",
     *_explicit_all, *_transforms_all,

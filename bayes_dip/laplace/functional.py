@@ -7,7 +7,8 @@ otherwise ``inputs`` are the model inputs.
 
 :func:`jvp_rows` / :func:`vjp_rows` are the one implementation of ``J V`` and ``Jᵀ U`` on
 blocks of directions (forward- and reverse-mode, batched with ``vmap``): the GGN operator of
-classifiers and the linearised DIP's :class:`~bayes_dip.linearized.NetworkJacobian` use them.
+classifiers and :class:`ModelJacobian` (the column products of the function-space view,
+which the linearised DIP's :class:`~bayes_dip.linearized.NetworkJacobian` extends) use them.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import torch
 from torch import Tensor, nn
 from typing import Callable
 
-from torch.func import functional_call, jacrev, jvp, vmap
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from .subsets import WeightSubset
 
-__all__ = ["ModelFunction", "jvp_rows", "vjp_rows"]
+__all__ = ["ModelFunction", "ModelJacobian", "jvp_rows", "vjp_rows"]
 
 
 def jvp_rows(f: Callable[[Tensor], Tensor], theta: Tensor, tangents: Tensor,
@@ -99,3 +100,78 @@ class ModelFunction:
         """Per-example Jacobians ``∂f(x_b)/∂θ`` -> ``(B, n_out, P)``."""
         jac = vmap(jacrev(self.single), in_dims=(None, 0))(theta, inputs)
         return jac.reshape(inputs.shape[0], -1, theta.numel())
+
+
+class ModelJacobian:
+    """``J = ∂f(θ, inputs)/∂θ`` at ``θ̂`` as column products (``n_out`` = all output entries).
+
+    ``jvp(V (P, k)) -> (n_out, k)``, ``vjp(U (n_out, k)) -> (P, k)`` (or vectors); outputs in
+    row-major order of ``f(θ̂, inputs)``. One forward pass is kept for all VJPs.
+
+    Args:
+        fn: the model function; ``θ̂`` is ``fn.theta()``.
+        inputs: the fixed inputs of ``fn``.
+        chunk_size: columns per vmapped batch (``None``: all at once).
+
+    Attributes: ``theta (P,)`` = θ̂, ``output`` = ``f(θ̂, inputs)`` (detached).
+    """
+
+    def __init__(self, fn: ModelFunction, inputs: Tensor, chunk_size: int | None = None):
+        self.fn, self.inputs, self.chunk_size = fn, inputs, chunk_size
+        self.theta = fn.theta()
+        self._pullback = None
+        with torch.no_grad():
+            self.output = fn(self.theta, inputs).detach()
+
+    @property
+    def num_params(self) -> int:
+        return self.theta.numel()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.output.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``f(θ)`` flattened to ``(n_out,)`` (differentiable in ``θ``)."""
+        return self.fn(theta, self.inputs).reshape(-1)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """``J V`` for ``V (P, k)`` or ``(P,)`` -> ``(n_out, k)`` / ``(n_out,)``."""
+        v, vector = self._block(v, self.num_params, "v")
+        out = jvp_rows(self.forward, self.theta, v.mT.contiguous(), self.chunk_size).mT
+        return out.squeeze(1) if vector else out
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """``Jᵀ U`` for ``U (n_out, k)`` or ``(n_out,)`` -> ``(P, k)`` / ``(P,)``."""
+        u, vector = self._block(u, self.num_outputs, "u")
+        if self._pullback is None:
+            self._pullback = vjp(self.forward, self.theta)[1]
+        out = vjp_rows(self._pullback, u.mT, self.chunk_size).mT
+        return out.squeeze(1) if vector else out
+
+    def dense(self, batch_size: int = 256) -> Tensor:
+        """The dense Jacobian ``(n_out, P)`` from ``n_out`` VJPs in batches (small models)."""
+        eye = torch.eye(self.num_outputs, dtype=self.dtype, device=self.device)
+        rows = [self.vjp(eye[:, i:i + batch_size]).mT
+                for i in range(0, self.num_outputs, batch_size)]
+        return torch.cat(rows, 0)
+
+    def _block(self, v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+        vector = v.dim() == 1
+        v2 = v.unsqueeze(1) if vector else v
+        if v2.dim() != 2 or v2.shape[0] != n:
+            raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
+        if v2.dtype != self.dtype or v2.device != self.device:
+            raise TypeError(f"{name} must have dtype {self.dtype} on {self.device}, "
+                            f"got {v2.dtype} on {v2.device}")
+        return v2, vector

@@ -234,24 +234,60 @@ class LinearGaussianLikelihood(_GaussianBase):
     Hessian ``Λ₀ = Aᵀ A`` is applied matrix-free; its factor is ``L₀ = Aᵀ`` (``R = n_obs``
     columns), which :meth:`hessian_factor` materialises only for dense curvature.
 
+    With ``out_shape`` (one output's shape, e.g. ``(1, H, W)``) and ``obs_shape`` the operator
+    also acts on column blocks, as the function-space view
+    (:mod:`~bayes_dip.laplace.function_space`) needs: :meth:`matmul` ``A V`` for
+    ``V (n_out, k)`` and :meth:`rmatmul` ``Aᵀ U`` for ``U (n_obs, k)``.
+
     Args:
         A: callable ``(B, *out) -> (B, *obs)``, linear.
         A_adjoint: callable ``(B, *obs) -> (B, *out)``, its adjoint.
         batch_size: how many vectors go through ``A``/``A_adjoint`` at once.
+        out_shape, obs_shape: shapes of one output and one observation (column products).
     """
 
     name = "linear_gaussian"
 
     def __init__(self, A: Callable[[Tensor], Tensor], A_adjoint: Callable[[Tensor], Tensor],
-                 batch_size: int = 256):
+                 batch_size: int = 256, *, out_shape: tuple[int, ...] | None = None,
+                 obs_shape: tuple[int, ...] | None = None):
         if not callable(A) or not callable(A_adjoint):
             raise TypeError("A and A_adjoint must be callables mapping (B, *out) <-> (B, *obs)")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if (out_shape is None) != (obs_shape is None):
+            raise ValueError("give both out_shape and obs_shape, or neither")
         self.A = A
         self.A_adjoint = A_adjoint
         self.batch_size = batch_size
+        self.out_shape = None if out_shape is None else tuple(out_shape)
+        self.obs_shape = None if obs_shape is None else tuple(obs_shape)
         self._factor_cache: tuple[tuple, Tensor] | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        """``n_out`` of one model output (needs ``out_shape``)."""
+        return math.prod(self._shapes()[0])
+
+    @property
+    def num_observations(self) -> int:
+        """``n_obs`` of one observation (needs ``obs_shape``)."""
+        return math.prod(self._shapes()[1])
+
+    def _shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if self.out_shape is None:
+            raise ValueError("column products need the likelihood's out_shape and obs_shape")
+        return self.out_shape, self.obs_shape
+
+    def matmul(self, v: Tensor) -> Tensor:
+        """``A V`` on column blocks: ``(n_out, k) -> (n_obs, k)`` (row-major outputs)."""
+        out_shape, _ = self._shapes()
+        return self.A(v.mT.reshape(-1, *out_shape)).reshape(v.shape[1], -1).mT
+
+    def rmatmul(self, u: Tensor) -> Tensor:
+        """``Aᵀ U`` on column blocks: ``(n_obs, k) -> (n_out, k)``."""
+        _, obs_shape = self._shapes()
+        return self.A_adjoint(u.mT.reshape(-1, *obs_shape)).reshape(u.shape[1], -1).mT
 
     def __repr__(self) -> str:
         return f"LinearGaussianLikelihood(A={self.A!r})"

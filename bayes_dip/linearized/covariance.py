@@ -1,7 +1,9 @@
 """Covariances of the linearised model: image ``J Σ_θ Jᵀ`` and observation ``K_yy``.
 
-* :class:`ImageCovariance`, :class:`ObservationCovariance`: matrix-free products (one VJP and
-  one JVP per column), prior samples, a Nyström preconditioner for CG.
+* :class:`ImageCovariance` (the core's :class:`~bayes_dip.laplace.function_space.OutputKernel`
+  of the U-Net prior) and :func:`ray_likelihood`: with the core's
+  :class:`~bayes_dip.laplace.function_space.ObservationKernel` they give the matrix-free
+  ``K_yy`` (one VJP and one JVP per column), prior samples and a Nyström preconditioner.
 * :class:`StructuredCovariance`: exact assembly for small images through the block-kernel
   structure of DESIGN.md §7. Every GP block shares one ``m×m`` kernel
   ``σ_d² K(ℓ_d) = σ_d² Σ_c κ_c(ℓ_d) D_c`` (distance classes ``D_c``), so
@@ -22,28 +24,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from bayes_dip.linalg import NystromPreconditioner
+from bayes_dip.laplace.function_space import OutputKernel
+from bayes_dip.laplace.likelihoods import LinearGaussianLikelihood
 
 from .heldout import ObservationSpectrum
 from .jacobian import NetworkJacobian
-from .priors import KERNEL_JITTER, WeightLayout, WeightPrior, distance_classes
+from .priors import WeightLayout, WeightPrior, distance_classes, kernel_values
 
-__all__ = ["ImageCovariance", "ObservationCovariance", "StructuredCovariance", "TermWeights",
-           "joint_block_basis", "term_grams"]
-
-
-def _check_columns(v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
-    if not isinstance(v, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-    vector = v.dim() == 1
-    v2 = v.unsqueeze(1) if vector else v
-    if v2.dim() != 2 or v2.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
-    return v2, vector
+__all__ = ["ImageCovariance", "StructuredCovariance", "TermWeights", "joint_block_basis",
+           "ray_likelihood", "term_grams"]
 
 
-class ImageCovariance:
-    """``J Σ_θ Jᵀ`` (``n_pix × n_pix``), matrix-free; products in the Jacobian's dtype."""
+class ImageCovariance(OutputKernel):
+    """``J Σ_θ Jᵀ`` (``n_pix × n_pix``): the core's :class:`OutputKernel` of the U-Net weight
+    prior (the prior and the Jacobian must cover the same weights in the same order)."""
 
     def __init__(self, jac: NetworkJacobian, prior: WeightPrior):
         if not isinstance(jac, NetworkJacobian):
@@ -52,78 +46,15 @@ class ImageCovariance:
             raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
         if prior.layout.params != jac.layout.params:
             raise ValueError("prior and jac must cover the same weights in the same order")
-        self.jac, self.prior = jac, prior
-        self.shape = (jac.num_pixels, jac.num_pixels)
-        self.dtype, self.device = jac.dtype, jac.device
-
-    def matmul(self, v: Tensor) -> Tensor:
-        """``J Σ_θ Jᵀ V`` for ``V (n_pix, k)``."""
-        v, vector = _check_columns(v, self.shape[0], "v")
-        out = self.jac.jvp(self.prior.matmul(self.jac.vjp(v.to(self.dtype))))
-        return out.squeeze(1) if vector else out
-
-    __call__ = matmul
-
-    def sample(self, num: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(n_pix, num)`` zero-mean draws ``J L ε`` from ``N(0, J Σ_θ Jᵀ)``."""
-        with torch.no_grad():
-            return self.jac.jvp(self.prior.sample(num, generator, dtype=self.dtype))
+        super().__init__(jac, prior)
 
 
-class ObservationCovariance:
-    """``K_yy = A J Σ_θ Jᵀ Aᵀ + σ_y² I`` (``n_obs × n_obs``), matrix-free.
-
-    ``log_noise_variance`` is a scalar tensor read at every product (e.g. the parameter
-    being optimised).
-    """
-
-    def __init__(self, image_cov: ImageCovariance, ray_trafo, log_noise_variance: Tensor):
-        if not isinstance(image_cov, ImageCovariance):
-            raise TypeError(f"image_cov must be an ImageCovariance, got {type(image_cov).__name__}")
-        if tuple(ray_trafo.im_shape) != image_cov.jac.im_shape:
-            raise ValueError(f"ray_trafo.im_shape {tuple(ray_trafo.im_shape)} does not match the "
-                             f"network output {image_cov.jac.im_shape}")
-        if not isinstance(log_noise_variance, Tensor) or log_noise_variance.numel() != 1:
-            raise ValueError("log_noise_variance must be a scalar tensor")
-        self.image_cov, self.ray_trafo = image_cov, ray_trafo
-        self.log_noise_variance = log_noise_variance
-        n = math.prod(ray_trafo.obs_shape)
-        self.shape = (n, n)
-        self.dtype, self.device = image_cov.dtype, image_cov.device
-
-    @property
-    def noise_variance(self) -> Tensor:
-        return self.log_noise_variance.exp()
-
-    def matmul_noiseless(self, v: Tensor) -> Tensor:
-        """``A J Σ_θ Jᵀ Aᵀ V``."""
-        v, vector = _check_columns(v, self.shape[0], "v")
-        x = self.ray_trafo.rmatmul(v.to(self.dtype))
-        out = self.ray_trafo.matmul(self.image_cov.matmul(x))
-        return out.squeeze(1) if vector else out
-
-    def matmul(self, v: Tensor) -> Tensor:
-        """``K_yy V`` for ``V (n_obs, k)``."""
-        v2, vector = _check_columns(v, self.shape[0], "v")
-        out = self.matmul_noiseless(v2) + self.noise_variance.to(self.dtype) * v2.to(self.dtype)
-        return out.squeeze(1) if vector else out
-
-    __call__ = matmul
-
-    def to_dense(self, batch_size: int = 64) -> Tensor:
-        """Brute-force ``K_yy (n_obs, n_obs)`` from ``n_obs`` products (small problems)."""
-        eye = torch.eye(self.shape[0], dtype=self.dtype, device=self.device)
-        return torch.cat([self.matmul(eye[:, i:i + batch_size])
-                          for i in range(0, self.shape[0], batch_size)], 1)
-
-    def preconditioner(self, rank: int, generator: torch.Generator | None = None,
-                       oversample: int = 10) -> NystromPreconditioner:
-        """Randomized Nyström ``P = U Λ Uᵀ + σ_y² I ≈ K_yy`` (``rank + oversample`` products)."""
-        with torch.no_grad():
-            return NystromPreconditioner(self.matmul_noiseless, self.shape[0], rank,
-                                         shift=float(self.noise_variance.detach()),
-                                         generator=generator, oversample=oversample,
-                                         dtype=self.dtype, device=self.device)
+def ray_likelihood(ray_trafo) -> LinearGaussianLikelihood:
+    """The core's Gaussian likelihood behind the ray transform, ``y = A x + ε`` on
+    ``(B, 1, H, W)`` images and ``(B, 1, n_angles, n_det)`` sinograms."""
+    return LinearGaussianLikelihood(ray_trafo.A, ray_trafo.A_adjoint,
+                                    out_shape=(1, *ray_trafo.im_shape),
+                                    obs_shape=(1, *ray_trafo.obs_shape))
 
 
 def joint_block_basis(mats: Tensor, tol: float = 1e-10) -> tuple[Tensor, list[list[int]]]:
@@ -306,7 +237,7 @@ class TermWeights:
         if prior.log_lengthscale.numel() == 0:
             return var.to(dtype)
         ell = prior.lengthscales[self._gp_idx.clamp_min(0)]
-        kappa = torch.exp(-self._radius / ell) + KERNEL_JITTER * (self._radius == 0)
+        kappa = kernel_values(self._radius, ell)
         return (var * torch.where(self._gp_idx >= 0, kappa, torch.ones_like(kappa))).to(dtype)
 
 

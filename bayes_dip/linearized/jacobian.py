@@ -16,10 +16,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import vjp
 
 from bayes_dip.checks import check_int
-from bayes_dip.laplace.functional import ModelFunction, jvp_rows, vjp_rows
+from bayes_dip.laplace.functional import ModelFunction, ModelJacobian
 from bayes_dip.laplace.subsets import WeightSubset
 from bayes_dip.linalg import SVDResult, randomized_svd
 
@@ -28,8 +27,10 @@ from .priors import WeightLayout, weight_layout
 __all__ = ["NetworkJacobian", "gprior_scale"]
 
 
-class NetworkJacobian:
-    """``J`` of ``net(net_input)`` at its current weights ``θ̂`` (of a frozen eval-mode copy).
+class NetworkJacobian(ModelJacobian):
+    """``J`` of ``net(net_input)`` at its current weights ``θ̂`` (of a frozen eval-mode copy):
+    the core's :class:`~bayes_dip.laplace.functional.ModelJacobian` of the prior's weights,
+    with their :class:`WeightLayout` and the image shape.
 
     Args:
         net: the trained network (not modified; a copy is taken).
@@ -57,66 +58,23 @@ class NetworkJacobian:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.net = copy.deepcopy(net).eval().to(dtype=dtype, device=net_input.device)
         self.net.requires_grad_(False)
-        self.net_input = net_input.detach().to(dtype)
-        self.chunk_size = chunk_size
         params = dict(self.net.named_parameters())
         # θ in the layout's block order (the core's model function of those weights)
-        self.fn = ModelFunction(self.net, WeightSubset(
+        fn = ModelFunction(self.net, WeightSubset(
             self.layout.params, tuple(params[n].shape for n in self.layout.params),
             (None,) * len(self.layout.params)))
-        self.theta = self.fn.theta()
-        self._pullback = None
-        with torch.no_grad():
-            out = self.fn(self.theta, self.net_input)
-        if out.dim() != 4 or out.shape[:2] != (1, 1):
+        super().__init__(fn, net_input.detach().to(dtype), chunk_size)
+        if self.output.dim() != 4 or self.output.shape[:2] != (1, 1):
             raise ValueError("net must output one single-channel image (1, 1, H, W), got "
-                             f"{tuple(out.shape)}")
-        self.output = out.detach()
-
-    @property
-    def num_params(self) -> int:
-        return self.theta.numel()
+                             f"{tuple(self.output.shape)}")
 
     @property
     def num_pixels(self) -> int:
-        return self.output.numel()
+        return self.num_outputs
 
     @property
     def im_shape(self) -> tuple[int, int]:
         return tuple(self.output.shape[-2:])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.theta.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.theta.device
-
-    def forward(self, theta: Tensor) -> Tensor:
-        """``f(θ)`` flattened to ``(n_pix,)`` (differentiable in ``θ``)."""
-        return self.fn(theta, self.net_input).reshape(-1)
-
-    def jvp(self, v: Tensor) -> Tensor:
-        """``J V`` for ``V (P, k)`` or ``(P,)`` -> ``(n_pix, k)`` / ``(n_pix,)``."""
-        v, vector = self._block(v, self.num_params, "v")
-        out = jvp_rows(self.forward, self.theta, v.mT.contiguous(), self.chunk_size).mT
-        return out.squeeze(1) if vector else out
-
-    def vjp(self, u: Tensor) -> Tensor:
-        """``Jᵀ U`` for ``U (n_pix, k)`` or ``(n_pix,)`` -> ``(P, k)`` / ``(P,)``."""
-        u, vector = self._block(u, self.num_pixels, "u")
-        if self._pullback is None:  # one forward pass, kept for all later products
-            self._pullback = vjp(self.forward, self.theta)[1]
-        out = vjp_rows(self._pullback, u.mT, self.chunk_size).mT
-        return out.squeeze(1) if vector else out
-
-    def dense(self, batch_size: int = 256) -> Tensor:
-        """The dense Jacobian ``(n_pix, P)`` from ``n_pix`` VJPs in batches (small images only)."""
-        eye = torch.eye(self.num_pixels, dtype=self.dtype, device=self.device)
-        rows = [self.vjp(eye[:, i:i + batch_size]).mT
-                for i in range(0, self.num_pixels, batch_size)]
-        return torch.cat(rows, 0)
 
     def low_rank(self, rank: int, oversample: int = 10, power_iters: int = 2,
                  generator: torch.Generator | None = None) -> SVDResult:
@@ -124,18 +82,6 @@ class NetworkJacobian:
         return randomized_svd(self.jvp, self.vjp, (self.num_pixels, self.num_params), rank,
                               oversample=oversample, power_iters=power_iters, generator=generator,
                               dtype=self.dtype, device=self.device)
-
-    def _block(self, v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
-        if not isinstance(v, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-        vector = v.dim() == 1
-        v2 = v.unsqueeze(1) if vector else v
-        if v2.dim() != 2 or v2.shape[0] != n:
-            raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
-        if v2.dtype != self.dtype or v2.device != self.device:
-            raise TypeError(f"{name} must have dtype {self.dtype} on {self.device}, "
-                            f"got {v2.dtype} on {v2.device}")
-        return v2, vector
 
 
 def gprior_scale(jac: NetworkJacobian, ray_trafo, num_probes: int | None = None,

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 
 from bayes_dip.checks import check_number
 
-from .covariance import ImageCovariance, ObservationCovariance
+from bayes_dip.laplace.function_space import ObservationKernel
+
+from .covariance import ImageCovariance, ray_likelihood
 from .jacobian import NetworkJacobian
 from .priors import WeightPrior
 
@@ -26,7 +28,9 @@ class LinearizedModel(nn.Module):
         y: measurement ``(1, 1, n_a, n_d)``.
         noise_variance: initial ``σ_y²`` (the paper: 1).
 
-    Attributes: ``y_flat (n_obs,)`` float64, ``image_cov``, ``obs_cov`` (matrix-free).
+    Attributes: ``y_flat (n_obs,)`` float64; ``likelihood`` (the core's
+    ``LinearGaussianLikelihood`` behind ``A``); ``image_cov`` ``J Σ_θ Jᵀ`` and ``obs_cov``
+    ``K_yy`` (the core's function-space kernels, matrix-free).
     """
 
     def __init__(self, jac: NetworkJacobian, prior: WeightPrior, ray_trafo, y: Tensor,
@@ -38,11 +42,15 @@ class LinearizedModel(nn.Module):
         if not bool(torch.isfinite(y).all()):
             raise ValueError("y must be finite")
         check_number(noise_variance, "noise_variance", gt=0)
+        if tuple(ray_trafo.im_shape) != jac.im_shape:
+            raise ValueError(f"ray_trafo.im_shape {tuple(ray_trafo.im_shape)} does not match the "
+                             f"network output {jac.im_shape}")
         self.jac, self.prior, self.ray_trafo = jac, prior, ray_trafo
         self.log_noise_variance = nn.Parameter(torch.tensor(
             math.log(noise_variance), dtype=prior.log_variance.dtype, device=jac.device))
         self.image_cov = ImageCovariance(jac, prior)
-        self.obs_cov = ObservationCovariance(self.image_cov, ray_trafo, self.log_noise_variance)
+        self.likelihood = ray_likelihood(ray_trafo)
+        self.obs_cov = ObservationKernel(self.image_cov, self.likelihood, self.log_noise_variance)
         self.y_flat = y.detach().reshape(-1).to(torch.float64)
 
     @property
@@ -62,7 +70,7 @@ class LinearizedModel(nn.Module):
     def residual(self) -> Tensor:
         """``y − A x̂`` ``(n_obs,)`` float64."""
         with torch.no_grad():
-            proj = self.ray_trafo.matmul(self.jac.output.reshape(-1, 1)).reshape(-1)
+            proj = self.likelihood.matmul(self.jac.output.reshape(-1, 1)).reshape(-1)
         return self.y_flat - proj.to(torch.float64)
 
     @cached_property
@@ -70,5 +78,5 @@ class LinearizedModel(nn.Module):
         """``y − A (x̂ − J θ̂)``: data minus the prior mean of the linear model, ``(n_obs,)``."""
         with torch.no_grad():
             mean = self.jac.output.reshape(-1) - self.jac.jvp(self.jac.theta)
-            proj = self.ray_trafo.matmul(mean.reshape(-1, 1)).reshape(-1)
+            proj = self.likelihood.matmul(mean.reshape(-1, 1)).reshape(-1)
         return self.y_flat - proj.to(torch.float64)

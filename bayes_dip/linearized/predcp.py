@@ -39,7 +39,7 @@ from bayes_dip.dip import tv_loss
 
 from .covariance import StructuredCovariance, joint_block_basis
 from .jacobian import NetworkJacobian
-from .priors import WeightPrior, distance_classes
+from .priors import WeightPrior, distance_classes, kernel_lengthscale_derivative
 
 __all__ = ["predcp_rate", "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP"]
 
@@ -72,7 +72,7 @@ class ExactTVPredCP:
         for g, (q, radii) in enumerate(zip(self._q, self._radii)):
             var, ell = prior.variances[prior.layout.gp_indices[g]], prior.lengthscales[g]
             weights = prior.class_weights(g)  # κ_c(ℓ) (with the kernel jitter at r = 0)
-            dweights = radii / ell ** 2 * torch.exp(-radii / ell)  # ∂κ_c/∂ℓ
+            dweights = kernel_lengthscale_derivative(radii, ell)  # ∂κ_c/∂ℓ
             edge_var = (weights @ q).clamp_min(torch.finfo(q.dtype).tiny)
             std = edge_var.sqrt()
             kappas.append(_SQRT_2_OVER_PI * var.sqrt() * std.sum())

@@ -66,7 +66,7 @@ def conditional_mean(model: LinearizedModel, *, structured: StructuredCovariance
             dtype = model.jac.dtype
             alpha, info = pcg(model.obs_cov.matmul, residual.to(dtype), precond=precond,
                               tol=cg_tol, max_iter=cg_max_iter)
-            corr = model.image_cov.matmul(model.ray_trafo.rmatmul(alpha))
+            corr = model.obs_cov.cross_matmul(alpha)
     return x_hat + corr.to(torch.float64).reshape(x_hat.shape), info
 
 
@@ -170,7 +170,7 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
     with torch.no_grad():
         cross = []  # G = C Aᵀ U, (n_pix, r)
         for i in range(0, rank, batch_size):
-            u = model.ray_trafo.rmatmul(basis[:, i:i + batch_size].to(dtype))
+            u = model.likelihood.rmatmul(basis[:, i:i + batch_size].to(dtype))
             cross.append(model.image_cov.matmul(u).to(f64))
             bar.update()
         cross = torch.cat(cross, 1)
@@ -178,7 +178,7 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
         for start in range(0, num_samples, batch_size):
             b = min(batch_size, num_samples - start)
             x0 = model.image_cov.sample(b, generator).to(f64)
-            proj = basis.mT @ model.ray_trafo.matmul(x0.to(dtype)).to(f64)
+            proj = basis.mT @ model.likelihood.matmul(x0.to(dtype)).to(f64)
             proj += math.sqrt(nv) * torch.randn(rank, b, generator=generator, dtype=f64,
                                                 device=basis.device)
             errors.append((x0 - cross @ (gain.unsqueeze(1) * proj)).mT)
@@ -232,7 +232,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
             x0 = jac.jvp(prior.sample(b, generator, dtype=prior.log_variance.dtype).to(dtype))
             eps = torch.randn(model.num_obs, b, generator=generator, dtype=dtype,
                               device=jac.device) * nv.to(dtype).sqrt()
-            y0 = model.ray_trafo.matmul(x0) + eps
+            y0 = model.likelihood.matmul(x0) + eps
             if chol is not None:
                 alpha = torch.cholesky_solve(y0.to(torch.float64), chol)
                 corr = cross @ alpha
@@ -240,7 +240,7 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                 alpha, info = pcg(model.obs_cov.matmul, y0, precond=precond, tol=cg_tol,
                                   max_iter=cg_max_iter)
                 infos.append(info)
-                corr = model.image_cov.matmul(model.ray_trafo.rmatmul(alpha))
+                corr = model.obs_cov.cross_matmul(alpha)
             errors.append((x0.to(torch.float64) - corr.to(torch.float64)).mT)
         err = torch.cat(errors).reshape(num_samples, 1, *jac.im_shape)
     return SampledPredictive(x_mean, x_mean + err, eta2, infos)

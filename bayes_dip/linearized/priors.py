@@ -23,12 +23,24 @@ import torch
 from torch import Tensor, nn
 
 from bayes_dip.checks import check_choice, check_int, check_number
+from bayes_dip.laplace.function_space import WeightCovariance
 
 __all__ = ["BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
-           "WeightPrior", "KERNEL_JITTER"]
+           "WeightPrior", "KERNEL_JITTER", "kernel_values", "kernel_lengthscale_derivative"]
 
 KERNEL_JITTER = 1e-6
 """Added to the diagonal of every unit-variance GP kernel ``K(ℓ)`` (invertible for large ℓ)."""
+
+
+def kernel_values(distance: Tensor, lengthscale: Tensor) -> Tensor:
+    """The one kernel formula: ``κ(r; ℓ) = exp(−r/ℓ)`` plus :data:`KERNEL_JITTER` at ``r = 0``
+    (broadcasting ``distance`` against ``lengthscale``; differentiable in ``ℓ``)."""
+    return torch.exp(-distance / lengthscale) + KERNEL_JITTER * (distance == 0)
+
+
+def kernel_lengthscale_derivative(distance: Tensor, lengthscale: Tensor) -> Tensor:
+    """``∂κ(r; ℓ)/∂ℓ = r/ℓ² · exp(−r/ℓ)`` of :func:`kernel_values` (the jitter is constant)."""
+    return distance / lengthscale ** 2 * torch.exp(-distance / lengthscale)
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,9 @@ def distance_classes(kernel_size: int, dtype: torch.dtype = torch.float64,
     return radii.to(dtype=dtype, device=device), mats.to(dtype=dtype, device=device)
 
 
-class WeightPrior(nn.Module):
-    """``θ ~ N(0, Σ_θ)`` over the weights of a :class:`WeightLayout` (see the module docs).
+class WeightPrior(nn.Module, WeightCovariance):
+    """``θ ~ N(0, Σ_θ)`` over the weights of a :class:`WeightLayout` (see the module docs): a
+    structured :class:`~bayes_dip.laplace.function_space.WeightCovariance` of the core.
 
     Args:
         layout: the prior blocks.
@@ -192,6 +205,10 @@ class WeightPrior(nn.Module):
             self.register_buffer(f"_radii_{k}", radii)
             self.register_buffer(f"_dist_{k}", (radii[:, None, None] * mats).sum(0))
 
+    @property
+    def num_params(self) -> int:
+        return self.layout.num_params
+
     # -- hyperparameters ------------------------------------------------------------------
     @property
     def variances(self) -> Tensor:
@@ -216,16 +233,12 @@ class WeightPrior(nn.Module):
     def class_weights(self, gp_index: int) -> Tensor:
         """``κ_c(ℓ) = exp(−r_c/ℓ)`` (+ jitter at ``r = 0``) of GP block ``gp_index``: ``(C,)``."""
         k = self.layout.blocks[self.layout.gp_indices[gp_index]].kernel_size
-        radii = getattr(self, f"_radii_{k}")
-        kappa = torch.exp(-radii / self.lengthscales[gp_index])
-        return kappa + KERNEL_JITTER * (radii == 0)
+        return kernel_values(getattr(self, f"_radii_{k}"), self.lengthscales[gp_index])
 
     def kernel(self, gp_index: int) -> Tensor:
         """Unit-variance kernel ``K(ℓ) + jitter I`` of GP block ``gp_index``: ``(k², k²)``."""
         k = self.layout.blocks[self.layout.gp_indices[gp_index]].kernel_size
-        dist = getattr(self, f"_dist_{k}")
-        eye = torch.eye(dist.shape[0], dtype=dist.dtype, device=dist.device)
-        return torch.exp(-dist / self.lengthscales[gp_index]) + KERNEL_JITTER * eye
+        return kernel_values(getattr(self, f"_dist_{k}"), self.lengthscales[gp_index])
 
     def block_factors(self, kind: str = "cov") -> list[Tensor]:
         """Per block: ``(m, m)`` matrix (GP) or scalar (Normal) of ``Σ_d`` (``kind="cov"``),
@@ -334,9 +347,7 @@ class WeightPrior(nn.Module):
         for k in sorted({self.layout.blocks[d].kernel_size for d in gp}):
             idx = [i for i, d in enumerate(gp) if self.layout.blocks[d].kernel_size == k]
             blocks = [gp[i] for i in idx]
-            dist = getattr(self, f"_dist_{k}")
-            eye = torch.eye(dist.shape[0], dtype=dist.dtype, device=dist.device)
-            kern = torch.exp(-dist / self.lengthscales[idx, None, None]) + KERNEL_JITTER * eye
+            kern = kernel_values(getattr(self, f"_dist_{k}"), self.lengthscales[idx, None, None])
             chol = torch.linalg.cholesky(kern)
             stats = torch.stack([scatter[d] for d in blocks])
             traces = torch.cholesky_solve(stats, chol).diagonal(dim1=-2, dim2=-1).sum(-1)

@@ -58,8 +58,8 @@ class StochasticObjective(Objective):
     def _bilinear(self, a: Tensor, b: Tensor) -> Tensor:
         """``Σ_i a_iᵀ K_yy(h) b_i`` for columns ``a, b (n_obs, k)`` (differentiable in ``h``)."""
         model = self.model
-        ja = model.jac.vjp(model.ray_trafo.rmatmul(a.to(model.jac.dtype)))
-        jb = model.jac.vjp(model.ray_trafo.rmatmul(b.to(model.jac.dtype)))
+        ja = model.jac.vjp(model.likelihood.rmatmul(a.to(model.jac.dtype)))
+        jb = model.jac.vjp(model.likelihood.rmatmul(b.to(model.jac.dtype)))
         dtype = model.prior.log_variance.dtype
         quad = (ja.to(dtype) * model.prior.matmul(jb.to(dtype))).sum()
         return quad + model.noise_variance * (a.to(dtype) * b.to(dtype)).sum()
