@@ -27,7 +27,7 @@ from bayes_dip.problem import CTProblem, load_problem
 from bayes_dip.studies.config import FigureOptions, MetricsOptions, Setting, StudyConfig
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.methods import METHODS
-from bayes_dip.studies.prediction import Prediction
+from bayes_dip.metrics import Prediction
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels, plot_z_scores
 
 __all__ = ["run_reconstruct", "default_dip_config", "method_config"]

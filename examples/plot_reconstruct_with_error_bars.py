@@ -25,7 +25,7 @@ from bayes_dip.dip import dip_config_from_data, reconstruct_dip
 from bayes_dip.linearized import LinearizedDIP
 from bayes_dip.metrics import psnr
 from bayes_dip.problem import simulated_problem
-from bayes_dip.studies import Prediction
+from bayes_dip.metrics import Prediction
 from bayes_dip.viz import plot_error_vs_std, plot_uncertainty_panels
 
 torch.manual_seed(0)

@@ -46,7 +46,7 @@ def test_members_are_seeded_dips_and_moments_match(tmp_path):
     cov = torch.cov(recons.T) + 1e-4 * torch.eye(64, dtype=torch.float64)
     torch.testing.assert_close(pred.covariance, cov, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(pred.std.square().flatten(), cov.diagonal(), rtol=1e-9, atol=0)
-    assert pred.num_samples == 3 and pred.patch_covariances[4].shape == (4, 16, 16)
+    assert pred.info["num_samples"] == 3 and pred.patch_covariances[4].shape == (4, 16, 16)
 
 
 def test_bad_inputs_raise():

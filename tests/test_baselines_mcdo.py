@@ -63,7 +63,7 @@ def test_streamed_moments_equal_torch_cov_of_stored_samples():
     pred = mcdo_predictive(net, x, num_samples=53, batch_size=8, full_covariance=True,
                            store_samples=True, progress=False)
     flat = pred.samples.flatten(1).double()
-    assert pred.samples.shape == (53, 1, 7, 6) and pred.num_samples == 53
+    assert pred.samples.shape == (53, 1, 7, 6) and pred.info["num_samples"] == 53
     torch.testing.assert_close(pred.mean.flatten(), flat.mean(0), rtol=0, atol=1e-12)
     torch.testing.assert_close(pred.covariance, torch.cov(flat.T), rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(pred.std.flatten(), flat.std(0), rtol=1e-9, atol=1e-14)
@@ -106,19 +106,19 @@ def test_log_likelihood_method_matches_metrics():
     pred = mcdo_predictive(net, x, num_samples=30, patch_sizes=(4,), added_variance=1e-3,
                            progress=False)
     gt = _input(8, 8, seed=9)
-    assert pred.log_likelihood(gt) == pytest.approx(
+    ll = pred.log_likelihood(gt, 4)  # the full covariance comes first
+    assert ll.kind == "full" and ll.per_pixel == pytest.approx(
         log_likelihood_full(pred.mean, pred.covariance, gt).per_pixel, abs=1e-12)
-    assert pred.log_likelihood(gt, 1) == pytest.approx(
-        log_likelihood_diagonal(pred.mean, pred.std, gt.double()), abs=1e-12)
-    assert pred.log_likelihood(gt, 4) == pytest.approx(
+    no_full = mcdo_predictive(net, x, num_samples=30, patch_sizes=(4,), added_variance=1e-3,
+                              full_covariance=False, progress=False)
+    assert no_full.covariance is None
+    ll = no_full.log_likelihood(gt, 4)
+    assert ll.kind == "patchwise-4" and ll.per_pixel == pytest.approx(
         log_likelihood_patchwise(pred.mean, gt, 4, covariances=pred.patch_covariances[4]).per_pixel,
         abs=1e-12)
-    with pytest.raises(ValueError, match="patch_size 2"):
-        pred.log_likelihood(gt, 2)
-    no_full = mcdo_predictive(net, x, num_samples=4, full_covariance=False, progress=False)
-    assert no_full.covariance is None
-    with pytest.raises(ValueError, match="full_covariance=True"):
-        no_full.log_likelihood(gt)
+    ll = no_full.log_likelihood(gt, 2)  # no patches of 2 stored, no samples: the diagonal
+    assert ll.kind == "diagonal" and ll.per_pixel == pytest.approx(
+        log_likelihood_diagonal(pred.mean, pred.std, gt.double()), abs=1e-12)
 
 
 def test_zero_variance_pixels_get_a_clear_error():
@@ -126,7 +126,7 @@ def test_zero_variance_pixels_get_a_clear_error():
     pred = mcdo_predictive(net, x, num_samples=3, progress=False)
     pred.std[..., 0, 0] = 0.0
     with pytest.raises(ValueError, match="added_variance"):
-        pred.log_likelihood(_input(), 1)
+        pred.log_likelihood(_input())
 
 
 def test_sample_count_stability_matches_fresh_runs():
@@ -139,7 +139,7 @@ def test_sample_count_stability_matches_fresh_runs():
             fresh = mcdo_predictive(net, x, num_samples=count, seed=seed, batch_size=1,
                                     added_variance=1e-3, progress=False)
             assert st.log_likelihoods[i, j] == pytest.approx(
-                fresh.log_likelihood(gt), abs=1e-10)
+                fresh.log_likelihood(gt).per_pixel, abs=1e-10)
 
 
 def test_stable_count_logic():
@@ -260,7 +260,7 @@ def test_interrupted_sampling_resumes_to_the_uninterrupted_result(tmp_path, full
     # 5 batches ran; the file holds the last save, every 2 batches: after 16 samples
     assert torch.load(path, weights_only=False)["moments"]["count"] == 16
     resumed = mcdo_predictive(net, x, checkpoint_path=path, checkpoint_every=2, **kwargs)
-    assert resumed.num_samples == 40
+    assert resumed.info["num_samples"] == 40
     torch.testing.assert_close(resumed.mean, whole.mean, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(resumed.std, whole.std, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(resumed.patch_covariances[2], whole.patch_covariances[2],

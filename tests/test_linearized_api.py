@@ -8,7 +8,7 @@ import torch
 
 from bayes_dip.ct import ParallelBeamGeometry, RayTransform
 from bayes_dip.dip import UNet
-from bayes_dip.studies import Prediction
+from bayes_dip.metrics import Prediction
 from bayes_dip.linearized import (EvidenceConfig, ExactPredictive, LinearizedDIP,
                                   SampledPredictive, estimate_uncertainty)
 

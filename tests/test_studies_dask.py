@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from bayes_dip.cli import main
-from bayes_dip.studies import METHODS, MethodSpec, Prediction, register_method, run_study
+from bayes_dip.metrics import Prediction
+from bayes_dip.studies import METHODS, MethodSpec, register_method, run_study
 from bayes_dip.studies.parallel import (ONE_THREAD_ENV, StudyTasksFailed, jobqueue_spec,
                                         local_workers, open_client)
 

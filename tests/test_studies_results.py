@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bayes_dip.metrics import log_likelihood_diagonal, log_likelihood_full
-from bayes_dip.studies import MetricsOptions, Prediction
+from bayes_dip.metrics import Prediction
+from bayes_dip.studies import MetricsOptions
 from bayes_dip.studies.evaluate import evaluate_prediction
 from bayes_dip.studies.store import ResultStore, fingerprint
 from bayes_dip.studies.table import aggregate, per_image_csv, table_csv, table_markdown

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bayes_dip.dip import trainer
-from bayes_dip.studies import METHODS, MethodSpec, Prediction, register_method, run_study
+from bayes_dip.metrics import Prediction
+from bayes_dip.studies import METHODS, MethodSpec, register_method, run_study
 
 ALL_METHODS = ["dip", "dip-evidence", "mcdo", "lin-dip-mll", "lin-dip-tvmap"]
 

@@ -1,7 +1,7 @@
 """Deep-ensemble DIP: ``K`` independently initialised DIPs, Gaussian fitted to their outputs.
 
 Member ``k`` is :func:`~bayes_dip.dip.reconstruct_dip` with ``config.seed + k`` (its own
-network initialisation); the predictive is the :class:`~bayes_dip.baselines.SamplePredictive`
+network initialisation); the predictive is the :class:`~bayes_dip.metrics.Prediction`
 of the ``K`` reconstructions (unbiased moments). With ``K`` members every covariance has
 rank ``K − 1``, so log-likelihoods need ``added_variance > 0`` (e.g. the image-noise term
 ``σ_y² · ray_trafo.variance_factor()``).
@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip
 
+from bayes_dip.metrics import Prediction
+
 from ._moments import PatchGrouping, StreamingMoments
-from .mcdo import _FULL_COVARIANCE_MAX_PIXELS, SamplePredictive, _predictive
+from .mcdo import _FULL_COVARIANCE_MAX_PIXELS, _predictive
 
 __all__ = ["deep_ensemble"]
 
@@ -31,7 +33,7 @@ def deep_ensemble(ray_trafo: nn.Module, y: Tensor, *, members: int = 5,
                   ground_truth: Tensor | None = None, full_covariance: bool | None = None,
                   patch_sizes: Sequence[int] = (), added_variance: float = 0.0,
                   checkpoint_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> tuple[list[DIPResult], SamplePredictive]:
+                  progress: bool = True) -> tuple[list[DIPResult], Prediction]:
     """Train ``members`` DIPs on one measurement and fit a Gaussian to their reconstructions.
 
     Args:

@@ -22,56 +22,21 @@ The two baselines differ in ``σ_y²``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.linalg import pcg
+from bayes_dip.metrics import Prediction
 
-__all__ = ["HomoscedasticPredictive", "evidence_noise_variance", "homoscedastic_predictive",
-           "dip_fixed_predictive", "dip_evidence_predictive"]
+__all__ = ["evidence_noise_variance", "homoscedastic_predictive", "dip_fixed_predictive",
+           "dip_evidence_predictive"]
 
 DEFAULT_RANK = 100
 """Singular values of ``A`` kept in the pseudo-inverse (the original code's truncation)."""
 
 _DENSE_MAX_ENTRIES = 2**22  # dense I + c A Aᵀ (Cholesky) up to this many entries of A; else CG
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-@dataclass
-class HomoscedasticPredictive:
-    """``N(mean, variance · I)`` over the pixels.
-
-    Attributes:
-        mean: ``(B, 1, H, W)`` float64, the DIP reconstruction.
-        variance: pixel variance ``δ² = noise_variance · variance_factor``.
-        noise_variance: ``σ_y²`` (measurement space).
-        variance_factor: ``c_A`` (see the module docstring).
-    """
-
-    mean: Tensor
-    variance: float
-    noise_variance: float
-    variance_factor: float
-
-    @property
-    def std(self) -> Tensor:
-        """``(B, 1, H, W)`` float64, constant ``sqrt(variance)``."""
-        return torch.full_like(self.mean, math.sqrt(self.variance))
-
-    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None) -> float:
-        """Per-pixel ``log N(gt | mean, δ² I)`` = ``−½ log(2π δ²) − mean((gt − x̂)²) / (2 δ²)``.
-
-        ``patch_size`` is accepted for a uniform interface with the other predictives; the
-        covariance is diagonal, so full, patchwise and diagonal values coincide.
-        """
-        if not isinstance(ground_truth, Tensor) or ground_truth.shape != self.mean.shape:
-            raise ValueError(f"ground_truth must be a tensor of shape {tuple(self.mean.shape)}, "
-                             f"got {tuple(getattr(ground_truth, 'shape', ()))}")
-        mse = float((ground_truth.to(self.mean) - self.mean).square().mean())
-        return -0.5 * (_LOG_2PI + math.log(self.variance)) - 0.5 * mse / self.variance
 
 
 def _check_positive(value, name: str) -> float:
@@ -83,8 +48,8 @@ def _check_positive(value, name: str) -> float:
 def _check_recon(recon: Tensor, ray_trafo: nn.Module | None = None) -> Tensor:
     if not isinstance(recon, Tensor) or not recon.is_floating_point():
         raise TypeError("recon must be a floating-point torch.Tensor")
-    if recon.ndim != 4 or recon.shape[1] != 1:
-        raise ValueError(f"recon must have shape (B, 1, H, W), got {tuple(recon.shape)}")
+    if recon.ndim != 4 or recon.shape[:2] != (1, 1):
+        raise ValueError(f"recon must have shape (1, 1, H, W), got {tuple(recon.shape)}")
     if ray_trafo is not None and tuple(recon.shape[-2:]) != tuple(ray_trafo.im_shape):
         raise ValueError(f"recon must have images of ray_trafo.im_shape "
                          f"{tuple(ray_trafo.im_shape)}, got {tuple(recon.shape[-2:])}")
@@ -108,8 +73,6 @@ def evidence_noise_variance(ray_trafo: nn.Module, y: Tensor, recon: Tensor,
     """
     c = _check_positive(variance_factor, "variance_factor")
     recon = _check_recon(recon, ray_trafo)
-    if recon.shape[0] != 1:
-        raise ValueError(f"recon must hold one image (1, 1, H, W), got {tuple(recon.shape)}")
     obs_shape = tuple(int(s) for s in ray_trafo.obs_shape)
     if not isinstance(y, Tensor) or tuple(y.shape) != (1, 1, *obs_shape):
         raise ValueError(f"y must be a tensor of shape (1, 1, {obs_shape[0]}, {obs_shape[1]}), "
@@ -146,18 +109,22 @@ def _variance_factor(ray_trafo: nn.Module, variance_factor: float | None, rank: 
 
 
 def homoscedastic_predictive(recon: Tensor, noise_variance: float,
-                             variance_factor: float) -> HomoscedasticPredictive:
-    """``N(recon, noise_variance · variance_factor · I)`` (``recon`` ``(B, 1, H, W)``)."""
+                             variance_factor: float) -> Prediction:
+    """``N(recon, δ² I)``, ``δ² = noise_variance · variance_factor`` (``recon (1, 1, H, W)``),
+    as a :class:`~bayes_dip.metrics.Prediction` of independent pixels (mean in float64) with
+    ``info`` ``noise_variance`` ``σ_y²``, ``variance_factor`` ``c_A`` and ``pixel_variance`` ``δ²``."""
     recon = _check_recon(recon)
     s2 = _check_positive(noise_variance, "noise_variance")
     c = _check_positive(variance_factor, "variance_factor")
-    return HomoscedasticPredictive(mean=recon.to(torch.float64), variance=s2 * c,
-                                   noise_variance=s2, variance_factor=c)
+    mean = recon.to(torch.float64)
+    return Prediction(mean=mean, std=torch.full_like(mean, math.sqrt(s2 * c)),
+                      independent_pixels=True,
+                      info={"noise_variance": s2, "variance_factor": c, "pixel_variance": s2 * c})
 
 
 def dip_fixed_predictive(recon: Tensor, ray_trafo: nn.Module, *, noise_variance: float = 1.0,
                          variance_factor: float | None = None,
-                         rank: int = DEFAULT_RANK) -> HomoscedasticPredictive:
+                         rank: int = DEFAULT_RANK) -> Prediction:
     """DIP (σ² = 1): ``N(x̂, σ_y² c_A I)`` with a fixed ``σ_y²`` (default 1).
 
     ``variance_factor``: a precomputed ``c_A`` for ``ray_trafo`` (saves the SVD across
@@ -171,7 +138,7 @@ def dip_fixed_predictive(recon: Tensor, ray_trafo: nn.Module, *, noise_variance:
 def dip_evidence_predictive(recon: Tensor, ray_trafo: nn.Module, y: Tensor, *,
                             noise_variance: float | None = None,
                             variance_factor: float | None = None,
-                            rank: int = DEFAULT_RANK) -> HomoscedasticPredictive:
+                            rank: int = DEFAULT_RANK) -> Prediction:
     """DIP (evidence σ²): ``N(x̂, σ_y² c_A I)`` with an evidence-optimised ``σ_y²``.
 
     ``noise_variance``: ``σ_y²`` from the linearised DIP's evidence maximisation (the

@@ -3,12 +3,10 @@
 The U-Net gets channel dropout (``Dropout2d``, p = 0.05) after every 3×3 convolution
 (``unet_preset(..., dropout_p=p)``), is trained by :func:`~bayes_dip.dip.reconstruct_dip`
 *without* TV (``gamma = 0``) with dropout active, and keeps dropout active at test time.
-The predictive is the Gaussian fitted to many stochastic forward passes: sample mean,
-pixel variances and, streamed in float64 batches, the full covariance (small images) or
-the covariances of image patches (large images; the patches of
-:func:`bayes_dip.metrics.image_patches`). Its fields feed the metrics directly:
-``log_likelihood_diagonal(p.mean, p.std, gt)``, ``log_likelihood_full(p.mean, p.covariance,
-gt)``, ``log_likelihood_patchwise(p.mean, gt, k, covariances=p.patch_covariances[k])``.
+The predictive (a :class:`~bayes_dip.metrics.Prediction`) is the Gaussian fitted to many
+stochastic forward passes: sample mean, pixel variances and, streamed in float64 batches, the
+full covariance (small images) or the covariances of image patches (large images; the patches
+of :func:`bayes_dip.metrics.image_patches`); ``p.log_likelihood(gt, patch_size)`` scores it.
 
 Image-noise term: the dropout spread alone is degenerate for the log-likelihood. Pixels
 whose sigmoid pre-activation stays beyond the clamp under every mask have exactly zero
@@ -24,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -37,12 +34,11 @@ from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
 from bayes_dip.output_folder import atomic_write
 from bayes_dip.runtime import deferred_interrupts
-from bayes_dip.metrics import (log_likelihood_diagonal, log_likelihood_full,
-                               log_likelihood_patchwise)
+from bayes_dip.metrics import Prediction
 
-from ._moments import PatchCovariances, PatchGrouping, StreamingMoments
+from ._moments import PatchGrouping, StreamingMoments
 
-__all__ = ["DEFAULT_DROPOUT_P", "DEFAULT_NUM_SAMPLES", "SamplePredictive", "fit_mcdo",
+__all__ = ["DEFAULT_DROPOUT_P", "DEFAULT_NUM_SAMPLES", "fit_mcdo",
            "mcdo_predictive", "SampleCountStability", "sample_count_stability"]
 
 DEFAULT_DROPOUT_P = 0.05
@@ -60,67 +56,6 @@ samples (sample-covariance bias ~ 1/S): use patches or more samples there."""
 
 _FULL_COVARIANCE_MAX_PIXELS = 4096  # dense covariance up to 64² (128 MiB in float64)
 _SAMPLE_ELEMENTS_PER_BATCH = 2**18  # default batch: about 256 samples of 32², 16 of 128²
-
-
-@dataclass
-class SamplePredictive:
-    """Gaussian fitted to predictive samples of one image (all statistics float64).
-
-    Attributes:
-        mean: ``(1, 1, H, W)`` sample mean.
-        std: ``(1, 1, H, W)`` square root of the unbiased sample variance + ``added_variance``.
-        covariance: ``(H·W, H·W)`` unbiased sample covariance + ``added_variance · I``
-            over the row-major pixels, or ``None`` when not computed.
-        patch_covariances: patch size ``p`` -> covariances of the patches of
-            :func:`bayes_dip.metrics.image_patches` (same ``added_variance``): a tensor
-            ``(n_patches, p², p²)`` when ``p`` divides ``H`` and ``W``, else a list.
-        num_samples: number of samples ``S``.
-        added_variance: variance added to every pixel (e.g. an image-noise term; 0: none).
-        samples: ``(S, 1, H, W)`` in the network's dtype when kept, else ``None``.
-        seconds: wall time of sampling and accumulation.
-    """
-
-    mean: Tensor
-    std: Tensor
-    covariance: Tensor | None
-    patch_covariances: dict[int, PatchCovariances] = field(default_factory=dict)
-    num_samples: int = 0
-    added_variance: float = 0.0
-    samples: Tensor | None = None
-    seconds: float = 0.0
-
-    def log_likelihood(self, ground_truth: Tensor, patch_size: int | None = None) -> float:
-        """Test log-likelihood per pixel of ``ground_truth`` ``(1, 1, H, W)``.
-
-        ``patch_size``: ``None`` for the full covariance, 1 for the diagonal, ``p > 1`` for
-        the stored patch covariances of size ``p``. (The metrics functions called here also
-        report any diagonal jitter they needed; call them directly to see it.)
-        """
-        if not bool((self.std > 0).all()):
-            raise ValueError(f"{int((self.std <= 0).sum())} pixels have zero predictive variance "
-                             "(e.g. saturated sigmoid outputs); pass added_variance > 0 to "
-                             "mcdo_predictive, e.g. the image-noise term "
-                             "σ_y² · ray_trafo.variance_factor()")
-        if patch_size is None:
-            if self.covariance is None:
-                raise ValueError("covariance was not computed; pass full_covariance=True to "
-                                 "mcdo_predictive or choose a patch_size")
-            return log_likelihood_full(self.mean, self.covariance, ground_truth).per_pixel
-        if patch_size == 1:
-            return log_likelihood_diagonal(self.mean, self.std, _as_like(ground_truth, self.mean))
-        if patch_size not in self.patch_covariances:
-            raise ValueError(f"patch_size {patch_size!r} has no stored patch covariances; "
-                             f"available: None (full), 1, {sorted(self.patch_covariances)}")
-        return log_likelihood_patchwise(self.mean, ground_truth, patch_size,
-                                        covariances=self.patch_covariances[patch_size]).per_pixel
-
-
-def _as_like(x: Tensor, like: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"ground_truth must be a torch.Tensor, got {type(x).__name__}")
-    if x.shape != like.shape:
-        raise ValueError(f"ground_truth must have shape {tuple(like.shape)}, got {tuple(x.shape)}")
-    return x.to(like)
 
 
 def fit_mcdo(ray_trafo: nn.Module, y: Tensor, *, dropout_p: float | None = None,
@@ -253,7 +188,7 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
                     full_covariance: bool | None = None, patch_sizes: Sequence[int] = (),
                     added_variance: float = 0.0, store_samples: bool = False,
                     progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-                    checkpoint_every: int = 64) -> SamplePredictive:
+                    checkpoint_every: int = 64) -> Prediction:
     """Gaussian predictive of MC dropout: moments of ``num_samples`` stochastic passes.
 
     The network runs in eval mode with only its dropout layers active (its modes are
@@ -358,15 +293,21 @@ def _check_output(out: Tensor, im_shape: tuple[int, ...]) -> None:
 
 
 def _predictive(moments: StreamingMoments, im_shape: tuple[int, ...], added_variance: float,
-                samples: Tensor | None, seconds: float) -> SamplePredictive:
+                samples: Tensor | None, seconds: float) -> Prediction:
+    """The Gaussian fitted to the streamed samples (float64): sample mean, unbiased sample
+    (co)variances + ``added_variance``; ``info["num_samples"]``, ``seconds["samples"]``."""
     shape = (1, 1, *im_shape)
-    return SamplePredictive(
-        mean=moments.mean.reshape(shape).clone(),
-        std=moments.variance(added_variance).sqrt().reshape(shape),
+    std = moments.variance(added_variance).sqrt().reshape(shape)
+    if not bool((std > 0).all()):
+        raise ValueError(f"{int((std <= 0).sum())} pixels have zero predictive variance "
+                         "(e.g. saturated sigmoid outputs); pass added_variance > 0, e.g. the "
+                         "image-noise term σ_y² · ray_trafo.variance_factor()")
+    return Prediction(
+        mean=moments.mean.reshape(shape).clone(), std=std,
         covariance=moments.covariance(added_variance),
         patch_covariances=moments.patch_covariances(added_variance),
-        num_samples=moments.count, added_variance=added_variance, samples=samples,
-        seconds=seconds)
+        added_variance=added_variance, samples=samples,
+        seconds={"samples": seconds}, info={"num_samples": moments.count})
 
 
 class SampleCountStability(NamedTuple):
@@ -439,6 +380,6 @@ def sample_count_stability(net: nn.Module, net_input: Tensor, ground_truth: Tens
             moments.update(out.reshape(out.shape[0], n))
             if count == stops[j]:
                 pred = _predictive(moments, im_shape, added_variance, None, 0.0)
-                lls[i, j] = pred.log_likelihood(ground_truth, patch_size)
+                lls[i, j] = pred.log_likelihood(ground_truth, patch_size).per_pixel
                 j += 1
     return SampleCountStability(np.array(stops), np.array(seed_list), lls)

@@ -4,7 +4,7 @@
     lin.optimize_hyperparameters(mode="auto", predcp_scale=1.0)   # TV-MAP; None: MLL
     result = lin.estimate_uncertainty(num_samples=16)
     result.std, result.samples, result.hyperparameters
-    Prediction.from_uncertainty(result).log_likelihood(ground_truth)  # bayes_dip.studies
+    Prediction.from_uncertainty(result).log_likelihood(ground_truth)  # bayes_dip.metrics
 
 ``mode="auto"`` picks the exact mode when its Gram matrices and the dense Jacobian fit in
 ``exact_memory`` bytes (KMNIST-sized problems), else the ``"lowrank"`` mode (the exact

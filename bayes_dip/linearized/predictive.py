@@ -9,7 +9,7 @@
   Cholesky (with a StructuredCovariance) or preconditioned CG (matrix-free). ``η²`` is added
   analytically (std, patch covariances).
 
-Both are structures, not scores: :meth:`bayes_dip.studies.Prediction.from_uncertainty` turns
+Both are structures, not scores: :meth:`bayes_dip.metrics.Prediction.from_uncertainty` turns
 a result into the one predictive type that test log-likelihoods and coverage are read from.
 """
 from __future__ import annotations

@@ -33,6 +33,8 @@ from bayes_dip.metrics.log_likelihood import (
     log_likelihood_patchwise,
     patch_covariances_from_samples,
 )
+from bayes_dip.metrics.prediction import (SAMPLES_PER_PIXEL_FOR_FULL, Prediction,
+                                          PredictiveLogLikelihood)
 from bayes_dip.metrics.summary import pixel_calibration
 
 __all__ = [
@@ -44,5 +46,5 @@ __all__ = [
     "SparsificationCurve", "sparsification_curve", "ause",
     "StdErrorCorrelation", "std_error_correlation",
     "z_scores", "ZScoreHistogram", "z_score_histogram", "QQData", "qq_data",
-    "pixel_calibration",
+    "pixel_calibration", "Prediction", "PredictiveLogLikelihood", "SAMPLES_PER_PIXEL_FOR_FULL",
 ]

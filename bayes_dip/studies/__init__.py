@@ -10,10 +10,9 @@ from bayes_dip.studies.config import (FigureOptions, MetricsOptions, Setting, St
                                       load_study_config)
 from bayes_dip.studies.context import MethodContext
 from bayes_dip.studies.methods import METHODS, MethodSpec, register_method
-from bayes_dip.studies.prediction import Prediction
 from bayes_dip.studies.runner import StudyResults, collect_results, run_study
 from bayes_dip.studies.parallel import StudyTasksFailed
 
 __all__ = ["run_study", "StudyResults", "collect_results", "StudyConfig", "load_study_config",
            "Setting", "MetricsOptions", "FigureOptions", "METHODS", "MethodSpec",
-           "register_method", "MethodContext", "Prediction", "StudyTasksFailed"]
+           "register_method", "MethodContext", "StudyTasksFailed"]

@@ -19,7 +19,7 @@ from bayes_dip.metrics import (ause, coverage_curve, coverage_ece, log_likelihoo
                                miscalibration_area, psnr, sparsification_curve, ssim, std_error_correlation,
                                uncertainty_calibration_error)
 from bayes_dip.studies.config import MetricsOptions
-from bayes_dip.studies.prediction import Prediction
+from bayes_dip.metrics import Prediction
 
 __all__ = ["evaluate_prediction"]
 

@@ -31,7 +31,7 @@ import torch
 from bayes_dip.checks import check_choice, check_int, check_number
 from bayes_dip.dip import DIPConfig
 from bayes_dip.studies.context import MethodContext
-from bayes_dip.studies.prediction import SAMPLES_PER_PIXEL_FOR_FULL, Prediction
+from bayes_dip.metrics import SAMPLES_PER_PIXEL_FOR_FULL, Prediction
 from bayes_dip.studies.store import fingerprint
 
 __all__ = ["MethodSpec", "METHODS", "register_method"]
@@ -97,11 +97,9 @@ def _homoscedastic(ctx: MethodContext, evidence: bool) -> Prediction:
     else:
         pred = dip_fixed_predictive(dip.recon, ctx.ray_trafo, variance_factor=c)
         seconds["predictive"] = time.perf_counter() - start
-    return Prediction(mean=pred.mean, std=pred.std, independent_pixels=True,
-                      network_output=dip.recon, seconds=seconds,
-                      info={"noise_variance": pred.noise_variance,
-                            "variance_factor": pred.variance_factor,
-                            "pixel_variance": pred.variance, **_dip_info(dip)})
+    pred.network_output, pred.seconds = dip.recon, seconds
+    pred.info.update(_dip_info(dip))
+    return pred
 
 
 def _check_dip_evidence(config: Any) -> None:
@@ -182,13 +180,11 @@ def _mcdo(ctx: MethodContext) -> Prediction:
         gallery = mcdo_predictive(fit.net, fit.net_input, num_samples=count, seed=ctx.seed(2),
                                   full_covariance=False, store_samples=True,
                                   progress=False).samples
-    return Prediction(mean=pred.mean, std=pred.std, covariance=pred.covariance,
-                      patch_covariances=pred.patch_covariances, gallery=gallery,
-                      seconds={"dip": fit.seconds, "predictive": pred.seconds},
-                      added_variance=added, network_output=fit.recon,
-                      info={"num_samples": pred.num_samples, "dropout_p": p,
-                            "noise_variance": noise_variance,
-                            "added_variance": added, **_dip_info(fit)})
+    pred.gallery, pred.network_output = gallery, fit.recon
+    pred.seconds = {"dip": fit.seconds, "predictive": pred.seconds["samples"]}
+    pred.info.update({"dropout_p": p, "noise_variance": noise_variance, "added_variance": added,
+                      **_dip_info(fit)})
+    return pred
 
 
 _LIN_MODEL_KEYS = {"gprior", "variance", "lengthscale", "noise_variance", "exact_memory",

@@ -1,5 +1,6 @@
-"""The one predictive type: what every method of :data:`~bayes_dip.studies.METHODS` returns
-(in a study and on the command line), a Gaussian pixel predictive and how it was obtained."""
+"""The one predictive type: what every method of :data:`~bayes_dip.studies.METHODS` and every
+baseline returns (in a study and on the command line), a Gaussian pixel predictive, how it was
+obtained, and its scores against a ground truth."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,8 +9,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from bayes_dip.metrics import (coverage_curve, log_likelihood_diagonal, log_likelihood_full,
-                               log_likelihood_patchwise)
+from .calibration import coverage_curve
+from .log_likelihood import log_likelihood_diagonal, log_likelihood_full, log_likelihood_patchwise
 
 __all__ = ["Prediction", "PredictiveLogLikelihood", "SAMPLES_PER_PIXEL_FOR_FULL"]
 
@@ -130,6 +131,10 @@ class Prediction:
         independent pixels or without samples, the diagonal; from the samples, the full
         sample covariance for small images (``H·W <= full_covariance_max_pixels`` and at least
         :data:`SAMPLES_PER_PIXEL_FOR_FULL` samples per pixel), else patch covariances."""
+        if not bool((self.std > 0).all()):
+            raise ValueError(f"{int((self.std <= 0).sum())} pixels have zero predictive variance "
+                             "(e.g. saturated sigmoid outputs of MC-dropout); add an image-noise "
+                             "variance (added_variance), e.g. σ_y² · ray_trafo.variance_factor()")
         gt = ground_truth.to(self.mean.device)
         if self.covariance is not None:
             ll = log_likelihood_full(self.mean, self.covariance, gt)
