@@ -256,12 +256,16 @@ def _partial_progress(partial: Path) -> str:
     for evidence in sorted(partial.glob("evidence-*.pt")):
         state = torch.load(evidence, map_location="cpu", weights_only=False)
         parts.append(f"evidence step {state['step']} of {state['config']['steps']}")
+    for samples in sorted(partial.glob("predictive-*.pt")):
+        state = torch.load(samples, map_location="cpu", weights_only=False)
+        parts.append(f"posterior samples {state['errors'].shape[0]} of "
+                     f"{state['key']['num_samples']}")
     return ", ".join(parts)
 
 
 #: checkpoint files of run_reconstruct inside <out>.partial/
 _CHECKPOINT_FILES = ("dip/dip_checkpoint.pt", "mcdo/dip_checkpoint.pt", "mcdo_samples-*.pt",
-                     "subspace.pt", "evidence-*.pt")
+                     "subspace.pt", "evidence-*.pt", "predictive-*.pt")
 #: settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("quiet",)
 

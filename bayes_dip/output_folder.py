@@ -1,4 +1,4 @@
-"""Output folders that appear complete or not at all."""
+"""Output folders and checkpoint files that appear complete or not at all."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
+
+import torch
 
 
 @contextlib.contextmanager
@@ -52,3 +54,30 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class KeyedCheckpoint:
+    """The checkpoint file of one stage of one run, keyed by everything its result depends on.
+
+    :meth:`load` returns the state saved by the same run (``None`` when there is no file) and
+    refuses another run's file with one error naming ``checkpoint_path``; :meth:`save` writes
+    ``key`` and the state atomically. ``what`` names the stage in the error.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: dict[str, Any], what: str):
+        self.path, self.key, self.what = Path(path), key, what
+
+    def load(self, map_location: Any = None) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location=map_location, weights_only=False)
+        if state.get("key") != self.key:
+            old = state.get("key") or {}
+            changed = sorted(k for k in self.key if old.get(k) != self.key[k])
+            raise ValueError(f"checkpoint_path: {self.path} holds the {self.what} of another run "
+                             f"(different {', '.join(changed) or 'settings'}); delete it to "
+                             "start over")
+        return state
+
+    def save(self, **state: Any) -> None:
+        atomic_write(self.path, lambda f: torch.save(dict(state, key=self.key), f))

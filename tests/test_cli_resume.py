@@ -125,3 +125,15 @@ def test_interrupted_mc_dropout_sampling_resumes(tmp_path, data_root):
     assert "MC-dropout samples" in done.stderr  # what resumed
     for name in ("reconstruction.npy", "std.npy", "samples.npy"):
         np.testing.assert_array_equal(np.load(out / name), np.load(reference / name), name)
+
+
+def test_interrupt_message_names_the_posterior_samples_so_far(tmp_path):
+    """The sampling stage's checkpoint is reported in words (what the interrupt saved)."""
+    import torch
+
+    from bayes_dip.cli import _partial_progress
+    from bayes_dip.output_folder import KeyedCheckpoint
+
+    KeyedCheckpoint(tmp_path / "predictive-lowrank.pt", {"num_samples": 512},
+                    "posterior samples").save(errors=torch.zeros(96, 4))
+    assert _partial_progress(tmp_path) == "posterior samples 96 of 512"

@@ -158,3 +158,57 @@ def test_bad_inputs(parts):
         exact_predictive(model, sc, mean=torch.zeros(1, 1, 4, 4, dtype=F64))
     with pytest.raises(ValueError, match="batch_size"):
         sample_predictive(model, 4, batch_size=0)
+
+
+class _FailAfter:
+    """Wraps ``obj.name``: the ``n``-th call onwards raises (a run that dies mid-stage)."""
+
+    def __init__(self, obj, name, n):
+        self.obj, self.name, self.n, self.calls = obj, name, n, 0
+        self.original = getattr(obj, name)
+
+    def __enter__(self):
+        def wrapped(*args, **kwargs):
+            self.calls += 1
+            if self.calls >= self.n:
+                raise RuntimeError("killed")
+            return self.original(*args, **kwargs)
+        setattr(self.obj, self.name, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.obj, self.name, self.original)
+
+
+@pytest.mark.parametrize("kind", ["subspace", "matheron"])
+def test_interrupted_sampling_resumes_to_the_uninterrupted_result(parts, tmp_path, kind):
+    model, sc, _, _ = parts
+    spectrum = sc.spectrum(model.prior, float(model.noise_variance.detach()))
+
+    def run(path, seed=3):
+        gen = torch.Generator().manual_seed(seed)
+        if kind == "subspace":
+            return subspace_predictive(model, spectrum, 40, batch_size=4, generator=gen,
+                                       checkpoint_path=path, checkpoint_every=2)
+        return sample_predictive(model, 40, batch_size=4, generator=gen, precond_rank=0,
+                                 checkpoint_path=path, checkpoint_every=2)
+
+    reference = run(None)
+    path = tmp_path / "draws.pt"
+    owner = model.image_cov if kind == "subspace" else model.prior  # one .sample per batch
+    with _FailAfter(owner, "sample", 6):
+        with pytest.raises(RuntimeError, match="killed"):
+            run(path)
+    saved = torch.load(path, weights_only=False)["errors"].shape[0]
+    assert 0 < saved < 40
+    resumed = run(path)
+    torch.testing.assert_close(resumed.samples, reference.samples, rtol=0, atol=0)
+    if kind == "matheron":
+        assert len(resumed.cg) == len(reference.cg) == 10
+    with _FailAfter(owner, "sample", 1), _FailAfter(model.image_cov, "matmul", 1):
+        finished = run(path)  # a finished file needs no more draws (nor, subspace: no G)
+    torch.testing.assert_close(finished.samples, reference.samples, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="checkpoint_path.*another run.*generator"):
+        run(path, seed=4)
+    with pytest.raises(ValueError, match="needs a generator"):
+        subspace_predictive(model, spectrum, 8, checkpoint_path=path)

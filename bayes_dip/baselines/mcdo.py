@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
-from bayes_dip.output_folder import atomic_write
+from bayes_dip.output_folder import KeyedCheckpoint
 from bayes_dip.runtime import deferred_interrupts
 from bayes_dip.metrics import Prediction
 
@@ -243,17 +242,12 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
             raise ValueError("checkpoint_path cannot be combined with store_samples (the samples "
                              "themselves are not checkpointed)")
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
-        path = Path(checkpoint_path)
-        key = dict(num_samples=num_samples, seed=seed, batch_size=batch_size,
-                   full_covariance=full_covariance, patch_sizes=sizes, im_shape=im_shape,
-                   weights=_weights_digest(net))
-        if path.is_file():
-            state = torch.load(path, map_location=x_in.device, weights_only=False)
-            if state["key"] != key:
-                changed = sorted(k for k in key if state["key"].get(k) != key[k])
-                raise ValueError(f"checkpoint_path: {path} holds the MC-dropout samples of "
-                                 f"another run (different {', '.join(changed)}); delete it to "
-                                 "start over")
+        path = KeyedCheckpoint(checkpoint_path, dict(
+            num_samples=num_samples, seed=seed, batch_size=batch_size,
+            full_covariance=full_covariance, patch_sizes=sizes, im_shape=im_shape,
+            weights=_weights_digest(net)), "MC-dropout samples")
+        state = path.load(x_in.device)
+        if state is not None:
             moments.load_state_dict(state["moments"])
             start, rng_state, elapsed = moments.count, state["rng_state"], state["seconds"]
     kept: list[Tensor] = []
@@ -267,10 +261,8 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
                 kept.append(out.detach().clone())
             if path is not None and ((i + 1) % checkpoint_every == 0 or count == num_samples
                                      or stop.requested):
-                seconds = elapsed + time.perf_counter() - t0
-                state = dict(key=key, moments=moments.state_dict(),
-                             rng_state=_rng_state(x_in.device), seconds=seconds)
-                atomic_write(path, lambda f: torch.save(state, f))
+                path.save(moments=moments.state_dict(), rng_state=_rng_state(x_in.device),
+                          seconds=elapsed + time.perf_counter() - t0)
             if stop.requested:
                 batches.close()  # its progress bar ends before the interrupt is reported
                 raise KeyboardInterrupt

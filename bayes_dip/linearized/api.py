@@ -84,7 +84,9 @@ class LinearizedDIP:
         progress: progress bars of the structure builds (Gram matrices, subspace).
         checkpoint_dir: folder for the low-rank subspace (``subspace.pt``, written once built;
             a later instance for the same network, prior and rank reads it back instead of
-            building it again, e.g. when an interrupted run resumes).
+            building it again, e.g. when an interrupted run resumes) and for the sampled
+            predictive's draws (``predictive-<mode>.pt``, kept while they stream: an
+            interrupted sampling stage resumes where it stopped).
     """
 
     def __init__(self, net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor,
@@ -276,6 +278,9 @@ class LinearizedDIP:
         """
         check_choice(mean, "mean", _MEANS)
         mode = self.resolve_mode(mode or self.mode or "auto")
+        if self.checkpoint_dir is not None and not EVIDENCE_MODES[mode].full_covariance:
+            sample_kwargs.setdefault("checkpoint_path", os.path.join(
+                self.checkpoint_dir, f"predictive-{mode}.pt"))
         t0 = time.perf_counter()
         out = EVIDENCE_MODES[mode].predictive(self, num_samples=num_samples,
                                               image_noise=image_noise, seed=seed, mean=mean,

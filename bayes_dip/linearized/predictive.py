@@ -14,8 +14,11 @@ a result into the one predictive type that test log-likelihoods and coverage are
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +26,8 @@ from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.linalg import CGInfo, Preconditioner, pcg
+from bayes_dip.output_folder import KeyedCheckpoint
+from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
 from .heldout import ObservationSpectrum
@@ -43,6 +48,46 @@ def _mean(model: LinearizedModel, mean: Tensor | None) -> Tensor:
     if not isinstance(mean, Tensor) or tuple(mean.shape) != tuple(model.jac.output.shape):
         raise ValueError(f"mean must have shape {tuple(model.jac.output.shape)}")
     return mean.detach().to(torch.float64)
+
+
+def _checkpoint(path: str | os.PathLike | None, model: LinearizedModel,
+                generator: torch.Generator | None, **settings: Any) -> KeyedCheckpoint | None:
+    """The sampling stage's checkpoint, keyed by the settings, the generator's starting state,
+    the linearisation point and the hyperparameters (another run's file is refused)."""
+    if path is None:
+        return None
+    if generator is None:
+        raise ValueError("checkpoint_path needs a generator (the draws must be reproducible)")
+    state = generator.get_state().cpu().numpy().tobytes()
+    key = dict(settings, generator=hashlib.sha1(state).hexdigest(),
+               theta=float(model.jac.theta.double().sum()),
+               hyperparameters=[float(p.detach().double().sum()) for p in model.parameters()])
+    return KeyedCheckpoint(path, key, "posterior samples")
+
+
+def _draw(num_samples: int, batch_size: int, draw: Callable[[int], Tensor],
+          generator: torch.Generator | None, checkpoint: KeyedCheckpoint | None,
+          state: dict[str, Any] | None, every: int, bar: tqdm, **kept: Any) -> Tensor:
+    """``(num_samples, n_pix)`` from ``draw(b) -> (b, n_pix)`` batch by batch, continuing from a
+    checkpoint ``state``; the draws so far, the generator state and ``kept`` are saved every
+    ``every`` batches, at the end and on SIGINT/SIGTERM (then ``KeyboardInterrupt``)."""
+    errors = [] if state is None else [state["errors"]]
+    done = 0 if state is None else state["errors"].shape[0]
+    if state is not None:
+        generator.set_state(state["generator"])
+        bar.update(-(-done // batch_size))
+    with deferred_interrupts(checkpoint is not None) as stop:
+        for i, start in enumerate(range(done, num_samples, batch_size)):
+            b = min(batch_size, num_samples - start)
+            errors.append(draw(b))
+            bar.update()
+            last = start + b == num_samples
+            if checkpoint is not None and ((i + 1) % every == 0 or last or stop.requested):
+                checkpoint.save(errors=torch.cat(errors), generator=generator.get_state(), **kept)
+            if stop.requested:
+                bar.close()
+                raise KeyboardInterrupt
+    return torch.cat(errors)
 
 
 def conditional_mean(model: LinearizedModel, *, structured: StructuredCovariance | None = None,
@@ -144,7 +189,9 @@ class SampledPredictive:
 def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, num_samples: int,
                         *, mean: str | Tensor = "posterior", image_noise: float | str = "auto",
                         batch_size: int = 8, generator: torch.Generator | None = None,
-                        progress: bool = False) -> SampledPredictive:
+                        progress: bool = False,
+                        checkpoint_path: str | os.PathLike | None = None,
+                        checkpoint_every: int = 16) -> SampledPredictive:
     """Posterior given the projected data ``Uᵀ y`` (``U`` the basis of ``spectrum``, e.g. the
     low-rank subspace): exact Gaussian conditioning on ``r`` linear functionals of ``y``, so
     the covariance ``C − G diag(1/(λ + σ²)) Gᵀ`` with ``G = C Aᵀ U`` is never below the
@@ -155,8 +202,14 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
     samples allow tens (pixel variances to ``√(2/S)`` relative error). ``mean``:
     ``"posterior"`` (``x̂ + G diag(1/(λ + σ²)) Uᵀ (y − A x̂)``), ``"dip"`` (``x̂``) or an
     image ``(1, 1, H, W)``.
+
+    ``checkpoint_path``: a file that keeps ``G`` and the draws so far (every
+    ``checkpoint_every`` batches, at the end and on SIGINT/SIGTERM, which then raise
+    ``KeyboardInterrupt``); a rerun continues from it to the uninterrupted run's samples
+    (needs a ``generator``).
     """
-    for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1)):
+    for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
+                                 ("checkpoint_every", checkpoint_every, 1)):
         check_int(value, name, minimum)
     if spectrum.num_obs != model.num_obs:
         raise ValueError(f"spectrum has {spectrum.num_obs} measurements, model {model.num_obs}")
@@ -167,24 +220,33 @@ def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, n
     gain = 1.0 / (spectrum.eigenvalues + nv)  # (r,)
     total = -(-rank // batch_size) + -(-num_samples // batch_size)
     bar = tqdm(total=total, desc="posterior samples", disable=not progress, dynamic_ncols=True)
+    checkpoint = _checkpoint(checkpoint_path, model, generator, kind="subspace",
+                             num_samples=num_samples, batch_size=batch_size, rank=rank,
+                             basis=float(basis.double().abs().sum()), noise=nv)
+    state = None if checkpoint is None else checkpoint.load(basis.device)
+
+    def draw(b: int) -> Tensor:
+        x0 = model.image_cov.sample(b, generator).to(f64)
+        proj = basis.mT @ model.likelihood.matmul(x0.to(dtype)).to(f64)
+        proj += math.sqrt(nv) * torch.randn(rank, b, generator=generator, dtype=f64,
+                                            device=basis.device)
+        return (x0 - cross @ (gain.unsqueeze(1) * proj)).mT
+
     with torch.no_grad():
-        cross = []  # G = C Aᵀ U, (n_pix, r)
-        for i in range(0, rank, batch_size):
-            u = model.likelihood.rmatmul(basis[:, i:i + batch_size].to(dtype))
-            cross.append(model.image_cov.matmul(u).to(f64))
-            bar.update()
-        cross = torch.cat(cross, 1)
-        errors = []
-        for start in range(0, num_samples, batch_size):
-            b = min(batch_size, num_samples - start)
-            x0 = model.image_cov.sample(b, generator).to(f64)
-            proj = basis.mT @ model.likelihood.matmul(x0.to(dtype)).to(f64)
-            proj += math.sqrt(nv) * torch.randn(rank, b, generator=generator, dtype=f64,
-                                                device=basis.device)
-            errors.append((x0 - cross @ (gain.unsqueeze(1) * proj)).mT)
-            bar.update()
+        if state is None:
+            cross = []  # G = C Aᵀ U, (n_pix, r)
+            for i in range(0, rank, batch_size):
+                u = model.likelihood.rmatmul(basis[:, i:i + batch_size].to(dtype))
+                cross.append(model.image_cov.matmul(u).to(f64))
+                bar.update()
+            cross = torch.cat(cross, 1)
+        else:
+            cross = state["cross"]
+            bar.update(-(-rank // batch_size))
+        err = _draw(num_samples, batch_size, draw, generator, checkpoint, state,
+                    checkpoint_every, bar, cross=cross)
         bar.close()
-        err = torch.cat(errors).reshape(num_samples, 1, *jac.im_shape)
+        err = err.reshape(num_samples, 1, *jac.im_shape)
         if isinstance(mean, str) and mean == "posterior":
             x_hat = _mean(model, None)
             center = x_hat + (cross @ (gain * (basis.mT @ model.residual))).reshape(x_hat.shape)
@@ -202,17 +264,21 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                       image_noise: float | str = "auto", batch_size: int = 8,
                       cg_tol: float = 1e-4, cg_max_iter: int = 200, precond_rank: int = 200,
                       precond: Preconditioner | None = None,
-                      generator: torch.Generator | None = None) -> SampledPredictive:
+                      generator: torch.Generator | None = None, progress: bool = False,
+                      checkpoint_path: str | os.PathLike | None = None,
+                      checkpoint_every: int = 4) -> SampledPredictive:
     """``num_samples`` posterior draws by Matheron's rule (see module docs).
 
     With ``structured`` the solves use a Cholesky factor of ``K_yy``; otherwise preconditioned
     CG to ``cg_tol`` relative residual, with ``precond`` (e.g.
     :meth:`~bayes_dip.linearized.subspace.SubspaceCovariance.preconditioner`) or else a
-    Nyström preconditioner of rank ``precond_rank``.
+    Nyström preconditioner of rank ``precond_rank``. ``checkpoint_path``/``checkpoint_every``:
+    as for :func:`subspace_predictive` (the draws and CG reports so far are kept).
     """
     for name, value, minimum in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
                                  ("cg_max_iter", cg_max_iter, 1),
-                                 ("precond_rank", precond_rank, 0)):
+                                 ("precond_rank", precond_rank, 0),
+                                 ("checkpoint_every", checkpoint_every, 1)):
         check_int(value, name, minimum)
     eta2 = _resolve_noise(model, image_noise)
     x_mean = _mean(model, mean)
@@ -226,9 +292,13 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
             cross = structured.cross_covariance(prior)
         elif precond is None and precond_rank > 0:
             precond = model.obs_cov.preconditioner(min(precond_rank, model.num_obs - 1), generator)
-        errors, infos = [], []
-        for start in range(0, num_samples, batch_size):
-            b = min(batch_size, num_samples - start)
+        checkpoint = _checkpoint(checkpoint_path, model, generator, kind="matheron",
+                                 num_samples=num_samples, batch_size=batch_size, cg_tol=cg_tol,
+                                 cg_max_iter=cg_max_iter, exact=structured is not None)
+        state = None if checkpoint is None else checkpoint.load(jac.device)
+        infos: list[CGInfo] = [] if state is None else list(state["cg"])
+
+        def draw(b: int) -> Tensor:
             x0 = jac.jvp(prior.sample(b, generator, dtype=prior.log_variance.dtype).to(dtype))
             eps = torch.randn(model.num_obs, b, generator=generator, dtype=dtype,
                               device=jac.device) * nv.to(dtype).sqrt()
@@ -241,6 +311,12 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                                   max_iter=cg_max_iter)
                 infos.append(info)
                 corr = model.obs_cov.cross_matmul(alpha)
-            errors.append((x0.to(torch.float64) - corr.to(torch.float64)).mT)
-        err = torch.cat(errors).reshape(num_samples, 1, *jac.im_shape)
+            return (x0.to(torch.float64) - corr.to(torch.float64)).mT
+
+        bar = tqdm(total=-(-num_samples // batch_size), desc="posterior samples (CG)",
+                   disable=not progress, dynamic_ncols=True)
+        err = _draw(num_samples, batch_size, draw, generator, checkpoint, state,
+                    checkpoint_every, bar, cg=infos)
+        bar.close()
+        err = err.reshape(num_samples, 1, *jac.im_shape)
     return SampledPredictive(x_mean, x_mean + err, eta2, infos)

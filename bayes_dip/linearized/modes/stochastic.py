@@ -112,7 +112,7 @@ class StochasticMode(EvidenceMode):
     command_line_steps = 20
     command_line_sampler = {"cg_tol": 1e-3}
     has_spectrum = False
-    sampler_options = ("batch_size", "cg_tol", "cg_max_iter", "precond_rank", "precond")
+    sampler_options = ("batch_size", "cg_tol", "cg_max_iter", "precond_rank", "precond", "progress")
 
     def objective(self, model, config, structure, generator) -> StochasticObjective:
         return StochasticObjective(model, config, generator)
