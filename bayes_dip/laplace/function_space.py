@@ -34,7 +34,7 @@ from torch import Tensor
 from bayes_dip.checks import check_int
 from bayes_dip.linalg import NystromPreconditioner
 
-from .functional import ModelJacobian
+from .functional import ModelJacobian, columns
 from .likelihoods import LinearGaussianLikelihood
 
 __all__ = ["WeightCovariance", "DiagonalCovariance", "OutputKernel", "ObservationKernel",
@@ -104,16 +104,6 @@ class DiagonalCovariance(WeightCovariance):
         return (self.precision * theta.to(self.precision.dtype).square()).sum()
 
 
-def _columns(v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
-    if not isinstance(v, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-    vector = v.dim() == 1
-    v2 = v.unsqueeze(1) if vector else v
-    if v2.dim() != 2 or v2.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
-    return v2, vector
-
-
 class OutputKernel:
     """``K_ff = J Σ_θ Jᵀ`` (``n_out × n_out``), matrix-free; products in the Jacobian's dtype."""
 
@@ -130,7 +120,7 @@ class OutputKernel:
 
     def matmul(self, v: Tensor) -> Tensor:
         """``J Σ_θ Jᵀ V`` for ``V (n_out, k)`` or ``(n_out,)``."""
-        v, vector = _columns(v, self.shape[0], "v")
+        v, vector = columns(v, self.shape[0], "v")
         out = self.jac.jvp(self.prior.matmul(self.jac.vjp(v.to(self.dtype))))
         return out.squeeze(1) if vector else out
 
@@ -178,13 +168,13 @@ class ObservationKernel:
 
     def matmul_noiseless(self, v: Tensor) -> Tensor:
         """``A J Σ_θ Jᵀ Aᵀ V``."""
-        v, vector = _columns(v, self.shape[0], "v")
+        v, vector = columns(v, self.shape[0], "v")
         out = self.likelihood.matmul(self.cross_matmul(v))
         return out.squeeze(1) if vector else out
 
     def matmul(self, v: Tensor) -> Tensor:
         """``K_yy V`` for ``V (n_obs, k)`` or ``(n_obs,)``."""
-        v2, vector = _columns(v, self.shape[0], "v")
+        v2, vector = columns(v, self.shape[0], "v")
         out = self.matmul_noiseless(v2) + self.noise_variance.to(self.dtype) * v2.to(self.dtype)
         return out.squeeze(1) if vector else out
 

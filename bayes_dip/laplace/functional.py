@@ -102,6 +102,17 @@ class ModelFunction:
         return jac.reshape(inputs.shape[0], -1, theta.numel())
 
 
+def columns(v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
+    """``v`` as a column block ``(n, k)`` and whether it was a vector ``(n,)`` (checked)."""
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    vector = v.dim() == 1
+    v2 = v.unsqueeze(1) if vector else v
+    if v2.dim() != 2 or v2.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
+    return v2, vector
+
+
 class ModelJacobian:
     """``J = ∂f(θ, inputs)/∂θ`` at ``θ̂`` as column products (``n_out`` = all output entries).
 
@@ -165,12 +176,7 @@ class ModelJacobian:
         return torch.cat(rows, 0)
 
     def _block(self, v: Tensor, n: int, name: str) -> tuple[Tensor, bool]:
-        if not isinstance(v, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-        vector = v.dim() == 1
-        v2 = v.unsqueeze(1) if vector else v
-        if v2.dim() != 2 or v2.shape[0] != n:
-            raise ValueError(f"{name} must have shape ({n}, k) or ({n},), got {tuple(v.shape)}")
+        v2, vector = columns(v, n, name)
         if v2.dtype != self.dtype or v2.device != self.device:
             raise TypeError(f"{name} must have dtype {self.dtype} on {self.device}, "
                             f"got {v2.dtype} on {v2.device}")
