@@ -258,7 +258,7 @@ def _partial_progress(partial: Path) -> str:
         parts.append(f"evidence step {state['step']} of {state['config']['steps']}")
     for samples in sorted(partial.glob("predictive-*.pt")):
         state = torch.load(samples, map_location="cpu", weights_only=False)
-        parts.append(f"posterior samples {state['errors'].shape[0]} of "
+        parts.append(f"posterior samples {sum(e.shape[0] for e in state['errors'])} of "
                      f"{state['key']['num_samples']}")
     return ", ".join(parts)
 

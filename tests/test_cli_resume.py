@@ -135,5 +135,5 @@ def test_interrupt_message_names_the_posterior_samples_so_far(tmp_path):
     from bayes_dip.output_folder import KeyedCheckpoint
 
     KeyedCheckpoint(tmp_path / "predictive-lowrank.pt", {"num_samples": 512},
-                    "posterior samples").save(errors=torch.zeros(96, 4))
+                    "posterior samples").save(errors=[torch.zeros(64, 4), torch.zeros(32, 4)])
     assert _partial_progress(tmp_path) == "posterior samples 96 of 512"

@@ -71,8 +71,8 @@ def _draw(num_samples: int, batch_size: int, draw: Callable[[int], Tensor],
     """``(num_samples, n_pix)`` from ``draw(b) -> (b, n_pix)`` batch by batch, continuing from a
     checkpoint ``state``; the draws so far, the generator state and ``kept`` are saved every
     ``every`` batches, at the end and on SIGINT/SIGTERM (then ``KeyboardInterrupt``)."""
-    errors = [] if state is None else [state["errors"]]
-    done = 0 if state is None else state["errors"].shape[0]
+    errors = [] if state is None else list(state["errors"])  # batches (no copy when saved)
+    done = sum(e.shape[0] for e in errors)
     if state is not None:
         generator.set_state(state["generator"])
         bar.update(-(-done // batch_size))
@@ -83,7 +83,7 @@ def _draw(num_samples: int, batch_size: int, draw: Callable[[int], Tensor],
             bar.update()
             last = start + b == num_samples
             if checkpoint is not None and ((i + 1) % every == 0 or last or stop.requested):
-                checkpoint.save(errors=torch.cat(errors), generator=generator.get_state(), **kept)
+                checkpoint.save(errors=errors, generator=generator.get_state(), **kept)
             if stop.requested:
                 bar.close()
                 raise KeyboardInterrupt
