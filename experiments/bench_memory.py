@@ -84,24 +84,44 @@ class StageLog:
         return "\n".join(lines)
 
 
+#: ``(module, attribute, stage)``: the stage ends when ``module.attribute`` returns (the names
+#: the code of ``run_reconstruct`` calls them by; tests/test_bench_memory.py checks they exist)
+STAGES = (
+    ("bayes_dip.reconstruct", "load_problem", "problem (system matrix, FBP)"),
+    ("bayes_dip.reconstruct", "default_dip_config", "DIP settings from the data"),
+    ("bayes_dip.studies.context", "reconstruct_dip", "DIP"),
+    ("bayes_dip.linearized.api", "NetworkJacobian", "linearisation (Jacobian setup)"),
+    ("bayes_dip.linearized.modes.lowrank", "FixedSampleTVPredCP", "TV-PredCP images"),
+    ("bayes_dip.linearized.modes.exact", "ExactTVPredCP", "TV-PredCP (exact)"),
+    ("bayes_dip.linearized.api.SubspaceCovariance", "build", "subspace (sketch, Grams, tail)"),
+    ("bayes_dip.linearized.api.StructuredCovariance", "build", "structured Grams (exact mode)"),
+    ("bayes_dip.linearized.api", "optimize_evidence", "evidence optimisation"),
+    ("bayes_dip.linearized.api.LinearizedDIP", "heldout", "held-out check"),
+    ("bayes_dip.linearized.modes.lowrank", "subspace_predictive", "predictive (samples, std)"),
+    ("bayes_dip.linearized.modes.exact", "exact_predictive", "predictive (exact)"),
+    ("bayes_dip.reconstruct", "_uncertainty_metrics", "uncertainty metrics"),
+)
+
+
+def resolve(owner: str) -> Any:
+    """The module (or a class in it) named by the dotted path ``owner``."""
+    import importlib
+    parts = owner.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(owner)
+
+
 def instrument(log: StageLog) -> None:
     """Record the end of every stage of ``run_reconstruct`` (lin-dip, lowrank or exact mode)."""
-    import bayes_dip.linearized.api as api
-    import bayes_dip.reconstruct as rec
-
-    log.wrap(rec, "load_problem", "problem (system matrix, FBP)")
-    log.wrap(rec, "default_dip_config", "DIP settings from the data")
-    log.wrap(rec, "reconstruct_dip", "DIP")
-    log.wrap(api, "NetworkJacobian", "linearisation (Jacobian setup)")
-    log.wrap(api, "FixedSampleTVPredCP", "TV-PredCP images")
-    log.wrap(api, "ExactTVPredCP", "TV-PredCP (exact)")
-    log.wrap(api.SubspaceCovariance, "build", "subspace (sketch, Grams, tail)")
-    log.wrap(api.StructuredCovariance, "build", "structured Grams (exact mode)")
-    log.wrap(api, "optimize_evidence", "evidence optimisation")
-    log.wrap(api.LinearizedDIP, "heldout", "held-out check")
-    log.wrap(api, "subspace_predictive", "predictive (samples, std)")
-    log.wrap(api, "exact_predictive", "predictive (exact)")
-    log.wrap(rec, "_uncertainty_metrics", "uncertainty metrics")
+    for owner, name, stage in STAGES:
+        log.wrap(resolve(owner), name, stage)
 
 
 def main() -> None:
