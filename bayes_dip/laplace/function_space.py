@@ -65,15 +65,24 @@ class WeightCovariance(ABC):
                dtype: torch.dtype | None = None) -> Tensor:
         """``(P, num)`` reparameterised draws ``L ε`` from ``N(0, Σ_θ)``."""
         check_int(num, "num", 1)
-        ref = self.logdet()
-        eps = torch.randn(self.num_params, num, generator=generator, dtype=dtype or ref.dtype,
-                          device=ref.device)
+        eps = torch.randn(self.num_params, num, generator=generator, dtype=dtype or self.dtype,
+                          device=self.device)
         return self.sqrt_matmul(eps)
 
     @property
     @abstractmethod
     def num_params(self) -> int:
         """``P``."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """dtype of the hyperparameters (and of :meth:`logdet`, :meth:`quadratic`)."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """device of the hyperparameters."""
 
 
 class DiagonalCovariance(WeightCovariance):
@@ -90,6 +99,14 @@ class DiagonalCovariance(WeightCovariance):
     @property
     def num_params(self) -> int:
         return self.precision.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.precision.device
 
     def matmul(self, v: Tensor) -> Tensor:
         return v / self.precision.to(v.dtype).unsqueeze(1)
@@ -179,6 +196,17 @@ class ObservationKernel:
         return out.squeeze(1) if vector else out
 
     __call__ = matmul
+
+    def bilinear(self, a: Tensor, b: Tensor) -> Tensor:
+        """``Σ_i a_iᵀ K_yy b_i`` for columns ``a, b (n_obs, k)``, differentiable in the prior's
+        hyperparameters and the noise variance (two VJPs; ``J`` itself needs no autograd): the
+        hyperparameter gradients of stochastic evidence estimators, ``aᵀ (∂K_yy) b``."""
+        jac, prior = self.kernel.jac, self.kernel.prior
+        ja = jac.vjp(self.likelihood.rmatmul(a.to(self.dtype)))
+        jb = jac.vjp(self.likelihood.rmatmul(b.to(self.dtype)))
+        dtype = prior.dtype
+        quad = (ja.to(dtype) * prior.matmul(jb.to(dtype))).sum()
+        return quad + self.noise_variance * (a.to(dtype) * b.to(dtype)).sum()
 
     def to_dense(self, batch_size: int = 64) -> Tensor:
         """Brute-force ``K_yy (n_obs, n_obs)`` from ``n_obs`` products (small problems)."""

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from bayes_dip.checks import check_choice, check_int, check_number
+from bayes_dip.checks import check_choice, check_number
 from bayes_dip.laplace.function_space import WeightCovariance
 
 __all__ = ["BlockLayout", "WeightLayout", "weight_layout", "gprior_layout", "distance_classes",
@@ -209,6 +209,14 @@ class WeightPrior(nn.Module, WeightCovariance):
     def num_params(self) -> int:
         return self.layout.num_params
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.log_variance.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_variance.device
+
     # -- hyperparameters ------------------------------------------------------------------
     @property
     def variances(self) -> Tensor:
@@ -300,15 +308,6 @@ class WeightPrior(nn.Module, WeightCovariance):
     def inv_matmul(self, v: Tensor) -> Tensor:
         """``Σ_θ⁻¹ V``."""
         return self._apply(v, "inv")
-
-    def sample(self, num: int, generator: torch.Generator | None = None,
-               dtype: torch.dtype | None = None) -> Tensor:
-        """``(P, num)`` draws from ``N(0, Σ_θ)`` (reparameterised: differentiable in ``h``)."""
-        check_int(num, "num", 1)
-        dtype = dtype or self.log_variance.dtype
-        eps = torch.randn(self.layout.num_params, num, generator=generator, dtype=dtype,
-                          device=self.log_variance.device)
-        return self.sqrt_matmul(eps)
 
     def scatter(self, theta: Tensor) -> list[Tensor]:
         """Per block the sufficient statistic of ``θ`` for :meth:`quadratic` (detached):

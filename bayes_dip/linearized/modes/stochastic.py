@@ -55,15 +55,6 @@ class StochasticObjective(Objective):
         return LowRankPreconditioner(self.precond.eigvecs, self.precond.eigvals,
                                      float(self.model.noise_variance.detach()))
 
-    def _bilinear(self, a: Tensor, b: Tensor) -> Tensor:
-        """``Σ_i a_iᵀ K_yy(h) b_i`` for columns ``a, b (n_obs, k)`` (differentiable in ``h``)."""
-        model = self.model
-        ja = model.jac.vjp(model.likelihood.rmatmul(a.to(model.jac.dtype)))
-        jb = model.jac.vjp(model.likelihood.rmatmul(b.to(model.jac.dtype)))
-        dtype = model.prior.log_variance.dtype
-        quad = (ja.to(dtype) * model.prior.matmul(jb.to(dtype))).sum()
-        return quad + model.noise_variance * (a.to(dtype) * b.to(dtype)).sum()
-
     def __call__(self) -> tuple[Tensor, float, dict[str, float]]:
         model, cfg = self.model, self.config
         precond = self._current_precond()
@@ -83,7 +74,7 @@ class StochasticObjective(Objective):
                             max_iter=cfg.cg_max_iter)
             w = precond.solve(z) if precond is not None else z
         # ½ ∂log|K|: ½ mean_i (K⁻¹z_i)ᵀ ∂K (P⁻¹z_i)
-        surrogate = 0.5 * self._bilinear(sol[:, :s], w) / s
+        surrogate = 0.5 * model.obs_cov.bilinear(sol[:, :s], w) / s
         loss = surrogate - surrogate.detach()
         nv = model.noise_variance
         if cfg.weights == "map":
@@ -95,7 +86,7 @@ class StochasticObjective(Objective):
             r = model.prior_mean_residual
             value = 0.5 * (r @ alpha.squeeze(1).to(r.dtype))
             # gradient of ½ rᵀK⁻¹r is −½ αᵀ ∂K α
-            quad = -0.5 * self._bilinear(alpha, alpha)
+            quad = -0.5 * model.obs_cov.bilinear(alpha, alpha)
             fit = value + quad - quad.detach()
         stats = {"cg_iterations": float(info.iterations),
                  "cg_residual": float(info.residual_norms.max())}
