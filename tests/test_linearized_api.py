@@ -67,6 +67,7 @@ def test_stochastic_mode_and_one_call(problem, tmp_path):
     result = lin.estimate_uncertainty(num_samples=8, precond_rank=10)
     assert result.mode == "stochastic" and isinstance(result.predictive, SampledPredictive)
     assert result.samples.shape == (8, 1, 8, 8)
+    assert result.predictive.cg_report()["solves"] == 1  # 8 samples: one batch, one CG solve
     ll = Prediction.from_uncertainty(result).log_likelihood(truth, patch_size=2)
     assert ll.kind == "patchwise-2" and math.isfinite(ll.per_pixel)
     gprior = LinearizedDIP(net, x, rt, y, gprior=True)

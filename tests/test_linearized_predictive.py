@@ -212,3 +212,19 @@ def test_interrupted_sampling_resumes_to_the_uninterrupted_result(parts, tmp_pat
         run(path, seed=4)
     with pytest.raises(ValueError, match="needs a generator"):
         subspace_predictive(model, spectrum, 8, checkpoint_path=path)
+
+
+def test_sampling_reports_its_cg_solves_and_warns_when_they_stop_short(parts):
+    model, _, _, _ = parts
+    good = sample_predictive(model, 8, batch_size=4, precond_rank=0,
+                             generator=torch.Generator().manual_seed(0))
+    report = good.cg_report()
+    assert report["solves"] == 2 and report["converged"] and report["max_iterations"] > 1
+    assert report["max_residual"] <= 1e-4
+    with pytest.warns(RuntimeWarning, match="2 of 2 CG solves stopped at 1 iterations"):
+        short = sample_predictive(model, 8, batch_size=4, precond_rank=0, cg_max_iter=1,
+                                  cg_tol=1e-12, generator=torch.Generator().manual_seed(0))
+    assert not short.cg_report()["converged"]
+    exact = sample_predictive(model, 8, structured=parts[1],
+                              generator=torch.Generator().manual_seed(0))
+    assert exact.cg_report() is None  # Cholesky: no CG

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -185,6 +186,15 @@ class SampledPredictive:
         err = self.samples - self.mean
         return (err.square().mean(0, keepdim=True) + self.image_noise).sqrt()
 
+    def cg_report(self) -> dict[str, Any] | None:
+        """The CG solves of the samples (``None`` without any): how many, the most iterations,
+        the largest final relative residual, and whether every one reached its tolerance."""
+        if not self.cg:
+            return None
+        return {"solves": len(self.cg), "max_iterations": max(i.iterations for i in self.cg),
+                "max_residual": max(float(i.residual_norms.max()) for i in self.cg),
+                "converged": all(i.converged for i in self.cg)}
+
 
 def subspace_predictive(model: LinearizedModel, spectrum: ObservationSpectrum, num_samples: int,
                         *, mean: str | Tensor = "posterior", image_noise: float | str = "auto",
@@ -319,4 +329,12 @@ def sample_predictive(model: LinearizedModel, num_samples: int, *,
                     checkpoint_every, bar, cg=infos)
         bar.close()
         err = err.reshape(num_samples, 1, *jac.im_shape)
-    return SampledPredictive(x_mean, x_mean + err, eta2, infos)
+    pred = SampledPredictive(x_mean, x_mean + err, eta2, infos)
+    report = pred.cg_report()
+    if report is not None and not report["converged"]:
+        failed = sum(not i.converged for i in infos)
+        warnings.warn(f"posterior sampling: {failed} of {len(infos)} CG solves stopped at "
+                      f"{cg_max_iter} iterations above cg_tol {cg_tol:g} (largest relative "
+                      f"residual {report['max_residual']:.1e}); the samples are approximate: "
+                      "raise cg_max_iter", RuntimeWarning, stacklevel=2)
+    return pred

@@ -313,6 +313,12 @@ def _linearized(ctx: MethodContext, tvmap: bool) -> Prediction:
         info["jitter"] = result.predictive.jitter
     else:
         info["num_samples"] = result.predictive.samples.shape[0]
+        if result.predictive.cg_report() is not None:  # CG solves of the samples
+            info["sampling_cg"] = result.predictive.cg_report()
+    if lin.mean_cg is not None:  # the posterior mean's CG solve (stochastic mode)
+        info["mean_cg"] = {"iterations": lin.mean_cg.iterations,
+                           "residual": float(lin.mean_cg.residual_norms.max()),
+                           "converged": lin.mean_cg.converged}
     return Prediction.from_uncertainty(result, ctx.config.figures.gallery_samples,
                                        network_output=dip.recon, heldout_z=heldout_z,
                                        seconds=seconds, info=info)
