@@ -207,3 +207,45 @@ def test_a_new_evidence_mode_is_one_registered_object(problem):
         del EVIDENCE_MODES["exact-short"]
     with pytest.raises(ValueError, match="mode"):
         LinearizedDIP(net, x, rt, y).optimize_hyperparameters("exact-short")
+
+
+def test_sampling_checkpoint_is_per_hyperparameters_and_removed_when_done(problem, tmp_path,
+                                                                          monkeypatch):
+    """With a ``checkpoint_dir`` the draws stream into a file named by the hyperparameters (two
+    methods on one image never share one) that is gone once the draws are complete; an
+    interrupted draw resumes from it."""
+    import bayes_dip.linearized.modes.lowrank as lowrank
+    net, x, rt, y, truth = problem
+    lin = LinearizedDIP(net, x, rt, y, gamma=1e-3, subspace_rank=10, checkpoint_dir=tmp_path)
+    lin.optimize_hyperparameters("lowrank", steps=3, progress=False)
+    reference = lin.predictive(num_samples=24, batch_size=4, seed=5).samples
+    assert not list(tmp_path.glob("predictive-*.pt"))
+    original = lowrank.subspace_predictive
+    calls = []
+
+    def dies_after_a_checkpoint(*args, **kwargs):
+        calls.append(kwargs["checkpoint_path"])
+        kwargs["checkpoint_every"] = 1
+        with pytest.raises(RuntimeError):  # the image covariance fails at the 3rd batch
+            with monkeypatch.context() as m:
+                count = iter(range(100))
+                sample = lin.model.image_cov.sample
+
+                def failing(*a, **k):
+                    if next(count) == 2:
+                        raise RuntimeError("killed")
+                    return sample(*a, **k)
+                m.setattr(lin.model.image_cov, "sample", failing)
+                original(*args, **kwargs)
+        saved = torch.load(kwargs["checkpoint_path"], weights_only=False)["errors"]
+        assert sum(e.shape[0] for e in saved) == 8  # two batches of 4 were kept
+        kwargs["generator"] = torch.Generator().manual_seed(5)  # the rerun's fresh generator
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lowrank, "subspace_predictive", dies_after_a_checkpoint)
+    resumed = lin.predictive(num_samples=24, batch_size=4, seed=5).samples
+    assert torch.equal(resumed, reference) and not list(tmp_path.glob("predictive-*.pt"))
+    with torch.no_grad():
+        lin.model.prior.log_variance.add_(0.5)
+    lin.predictive(num_samples=24, batch_size=4, seed=5)
+    assert len(set(calls)) == 2  # another file for other hyperparameters

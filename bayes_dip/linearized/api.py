@@ -13,10 +13,12 @@ evidence). ``"stochastic"`` is the paper's Hutchinson/CG estimator.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -85,8 +87,9 @@ class LinearizedDIP:
         checkpoint_dir: folder for the low-rank subspace (``subspace.pt``, written once built;
             a later instance for the same network, prior and rank reads it back instead of
             building it again, e.g. when an interrupted run resumes) and for the sampled
-            predictive's draws (``predictive-<mode>.pt``, kept while they stream: an
-            interrupted sampling stage resumes where it stopped).
+            predictive's draws (``predictive-<mode>-<tag>.pt``, one per hyperparameters and
+            settings, kept while they stream: an interrupted sampling stage resumes where it
+            stopped; removed when the draws are complete).
     """
 
     def __init__(self, net: nn.Module, net_input: Tensor, ray_trafo, y: Tensor,
@@ -278,14 +281,25 @@ class LinearizedDIP:
         """
         check_choice(mean, "mean", _MEANS)
         mode = self.resolve_mode(mode or self.mode or "auto")
-        if self.checkpoint_dir is not None and not EVIDENCE_MODES[mode].full_covariance:
-            sample_kwargs.setdefault("checkpoint_path", os.path.join(
-                self.checkpoint_dir, f"predictive-{mode}.pt"))
+        path = None
+        if (self.checkpoint_dir is not None and not EVIDENCE_MODES[mode].full_covariance
+                and "checkpoint_path" not in sample_kwargs):
+            # one file per hyperparameters and settings (two methods never share one); it
+            # lives while the draws stream and goes once they are done
+            state = [float(p.detach().double().sum()) for p in self.model.parameters()]
+            settings = sorted((k, v) for k, v in sample_kwargs.items()
+                              if k != "progress" and isinstance(v, (int, float, str)))
+            tag = hashlib.sha1(repr((state, num_samples, image_noise, seed, mean,
+                                     settings)).encode()).hexdigest()[:12]
+            path = os.path.join(self.checkpoint_dir, f"predictive-{mode}-{tag}.pt")
+            sample_kwargs["checkpoint_path"] = path
         t0 = time.perf_counter()
         out = EVIDENCE_MODES[mode].predictive(self, num_samples=num_samples,
                                               image_noise=image_noise, seed=seed, mean=mean,
                                               **sample_kwargs)
         self.seconds["predictive"] = time.perf_counter() - t0
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
         return out
 
     def estimate_uncertainty(self, mode: str | None = None, *, num_samples: int = 16,
