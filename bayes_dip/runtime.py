@@ -3,11 +3,6 @@
 Threads: torch starts one intra-op thread per core and the BLAS underneath numpy/scipy its
 own pool; two jobs side by side on two cores then spin-wait against each other and each runs
 many times slower (DESIGN.md §8). :func:`set_threads` caps all of them; call it before work.
-Called before torch is imported (as the command line does), it also bounds OpenMP's
-spin-wait (``GOMP_SPINCOUNT=1000``, GNU OpenMP's own value for oversubscribed cores, unless
-the environment sets it): measured on 2 idle cores (CT_small 128², 300 DIP iterations, default
-threads), two runs started together took 7.1× the time of one alone with the default
-spin-wait and 1.5× with this bound, which costs a lone run about 10 %.
 
 Interrupts: inside :func:`deferred_interrupts` a first SIGINT (Ctrl-C) or SIGTERM only sets a
 flag, so that a checkpointing loop finishes its step, saves a consistent checkpoint and raises
@@ -25,17 +20,13 @@ from typing import Iterator
 
 from bayes_dip.checks import check_int
 
-__all__ = ["THREAD_ENV_VARS", "SPIN_COUNT", "available_cpus", "default_threads", "set_threads",
+__all__ = ["THREAD_ENV_VARS", "available_cpus", "default_threads", "set_threads",
            "InterruptFlag", "deferred_interrupts", "terminate_as_interrupt", "last_signal"]
 
 #: variables read by OpenMP and the BLAS libraries when they load (set for later loads and
 #: for child processes)
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-#: OpenMP spin-wait bound (iterations) set by :func:`set_threads` unless the environment has one
-SPIN_COUNT = 1000
 
 
 def available_cpus() -> int:
@@ -62,7 +53,6 @@ def set_threads(threads: int | None = None) -> int:
     check_int(threads, "--threads", 1)
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
-    os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))  # read when OpenMP loads
     import torch
     from threadpoolctl import threadpool_limits
 
