@@ -70,7 +70,16 @@ def test_set_threads_rejects_non_positive_integers(bad):
         set_threads(bad)
 
 
-def test_deferred_interrupts():
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, whatever this process inherited (a shell starts
+    background jobs with SIGINT ignored)."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_deferred_interrupts(python_sigint_handler):
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         with deferred_interrupts() as stop:
