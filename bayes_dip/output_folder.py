@@ -56,6 +56,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def parameter_digest(module: torch.nn.Module) -> list[float]:
+    """Per parameter tensor, its float64 sum: tells one set of weights or hyperparameters
+    from another in a checkpoint key."""
+    return [float(p.detach().double().sum()) for p in module.parameters()]
+
+
 class KeyedCheckpoint:
     """The checkpoint file of one stage of one run, keyed by everything its result depends on.
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.dip import DIPConfig, DIPResult, reconstruct_dip, unet_preset
-from bayes_dip.output_folder import KeyedCheckpoint
+from bayes_dip.output_folder import KeyedCheckpoint, parameter_digest
 from bayes_dip.runtime import deferred_interrupts
 from bayes_dip.metrics import Prediction
 
@@ -245,7 +245,7 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
         path = KeyedCheckpoint(checkpoint_path, dict(
             num_samples=num_samples, seed=seed, batch_size=batch_size,
             full_covariance=full_covariance, patch_sizes=sizes, im_shape=im_shape,
-            weights=_weights_digest(net)), "MC-dropout samples")
+            weights=parameter_digest(net)), "MC-dropout samples")
         state = path.load(x_in.device)
         if state is not None:
             moments.load_state_dict(state["moments"])
@@ -269,11 +269,6 @@ def mcdo_predictive(net: nn.Module, net_input: Tensor, *, num_samples: int = DEF
     return _predictive(moments, im_shape, added_variance,
                        torch.cat(kept) if store_samples else None,
                        elapsed + time.perf_counter() - t0)
-
-
-def _weights_digest(net: nn.Module) -> list[float]:
-    """Per parameter tensor, its float64 sum: tells one trained network from another."""
-    return [float(p.detach().double().sum()) for p in net.parameters()]
 
 
 def _check_output(out: Tensor, im_shape: tuple[int, ...]) -> None:

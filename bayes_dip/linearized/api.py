@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from bayes_dip.checks import check_choice, check_int, check_number
+from bayes_dip.output_folder import parameter_digest
 
 from .covariance import StructuredCovariance
 from .evidence import EvidenceConfig, EvidenceResult, optimize_evidence
@@ -286,7 +287,7 @@ class LinearizedDIP:
                 and "checkpoint_path" not in sample_kwargs):
             # one file per hyperparameters and settings (two methods never share one); it
             # lives while the draws stream and goes once they are done
-            state = [float(p.detach().double().sum()) for p in self.model.parameters()]
+            state = parameter_digest(self.model)
             settings = sorted((k, v) for k, v in sample_kwargs.items()
                               if k != "progress" and isinstance(v, (int, float, str)))
             tag = hashlib.sha1(repr((state, num_samples, image_noise, seed, mean,

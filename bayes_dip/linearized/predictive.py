@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bayes_dip.checks import check_int, check_number
 from bayes_dip.linalg import CGInfo, Preconditioner, pcg
-from bayes_dip.output_folder import KeyedCheckpoint
+from bayes_dip.output_folder import KeyedCheckpoint, parameter_digest
 from bayes_dip.runtime import deferred_interrupts
 
 from .covariance import StructuredCovariance
@@ -62,7 +62,7 @@ def _checkpoint(path: str | os.PathLike | None, model: LinearizedModel,
     state = generator.get_state().cpu().numpy().tobytes()
     key = dict(settings, generator=hashlib.sha1(state).hexdigest(),
                theta=float(model.jac.theta.double().sum()),
-               hyperparameters=[float(p.detach().double().sum()) for p in model.parameters()])
+               hyperparameters=parameter_digest(model))
     return KeyedCheckpoint(path, key, "posterior samples")
 
 
