@@ -21,7 +21,8 @@ from typing import Sequence
 import yaml
 
 from bayes_dip.checks import check_choice, check_int
-from bayes_dip.preflight import HTC2022_MAX_ANGLES, check_memory, check_output_folder, image_side
+from bayes_dip.preflight import (HTC2022_MAX_ANGLES, check_device, check_memory,
+                                 check_output_folder, estimate_run_time, image_side)
 from bayes_dip.runtime import (available_cpus, last_signal, set_threads,
                                terminate_as_interrupt)
 
@@ -39,7 +40,8 @@ angles, 5 % noise): a DIP whose TV weight and length are read from the data
 linearised DIP's evidence (TV-MAP), pixelwise standard deviations and a
 held-out-projection check that needs no ground truth. On 2 idle cores a 128x128
 job takes about 8 minutes (DIP 3, uncertainty 5) and 1.5 GiB of memory;
---no-uncertainty stops after the DIP.
+before it starts, a job prints its own estimate (one DIP step timed on this
+machine times the step count); --no-uncertainty stops after the DIP.
 
 Sources: --image FILE and --kmnist INDEX simulate a scan (--angles, --noise and
 --size apply); --htc2022 FILE is a measured fan-beam scan with its own angles
@@ -197,9 +199,10 @@ def _option(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
+def _check_reconstruct(settings: dict, given: set[str], force: bool) -> tuple[Path, int]:
     """Everything that can be checked before work: option applicability (error or one-line
-    warning), ``--out``, the problem's memory. Returns the absolute output folder."""
+    warning), ``--out``, the problem's memory. Returns the absolute output folder and the
+    image side (``None`` where the image file is unreadable: loading then says why)."""
     if settings["htc2022"] is not None:
         misplaced = [_option(k) for k in ("angles", "noise") if k in given]
         if misplaced:
@@ -230,7 +233,16 @@ def _check_reconstruct(settings: dict, given: set[str], force: bool) -> Path:
         side, options = size or 128, "--angles/--size"
     if side is not None:
         check_memory(side, angles, options, force=force)
-    return out
+    return out, side
+
+
+def _announce_run_time(settings: dict, side: int) -> None:
+    """Print the run-time estimate of the job (:func:`~bayes_dip.preflight.estimate_run_time`)."""
+    method = settings["method"] if settings["uncertainty"] else None
+    estimate = estimate_run_time(side, method, settings["iterations"], settings["mcdo_samples"],
+                                 settings["device"])
+    print(f"bayes-dip reconstruct: {side}x{side} pixels; estimated run time "
+          f"{estimate.describe()}", file=sys.stderr)
 
 
 def _partial_progress(partial: Path) -> str:
@@ -294,8 +306,11 @@ def _prepare_partial(partial: Path, settings: dict, restart: bool) -> None:
 
 def _reconstruct(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings, given = _merge_settings(args, RECONSTRUCT_DEFAULTS)
-    out = _check_reconstruct(settings, given, args.force)
+    out, side = _check_reconstruct(settings, given, args.force)
     set_threads(args.threads)
+    check_device(settings["device"])
+    if side is not None and not settings["quiet"]:
+        _announce_run_time(settings, side)
     partial = out.with_name(out.name + ".partial")
     _prepare_partial(partial, settings, args.restart)
     from bayes_dip.reconstruct import run_reconstruct

@@ -246,6 +246,20 @@ def test_bad_threads(capsys, tmp_path, threads):
     _fails_cleanly(capsys, tmp_path, "--threads", threads, expect=("--threads",), within=10)
 
 
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_bad_device(capsys, tmp_path, device):
+    _fails_cleanly(capsys, tmp_path, "--device", device, expect=("--device", device), within=10)
+
+
+def test_run_time_estimate_is_printed_before_work(capsys, tmp_path, data_root):
+    code, _, err = _run(capsys, "--kmnist", "0", "--data-root", str(data_root), "--angles", "5",
+                        "--iterations", "5", "--no-uncertainty", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    first = err.splitlines()[0]
+    assert first.startswith("bayes-dip reconstruct: 28x28 pixels; estimated run time about 1 min "
+                            "(DIP at most 1 min; one DIP step here: "), first
+
+
 def test_threads_and_inapplicable_options_warn(capsys, tmp_path, data_root):
     out = tmp_path / "run"
     torch.set_num_threads(2)
