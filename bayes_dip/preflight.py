@@ -107,22 +107,28 @@ UNCERTAINTY_STEPS = {"dip": 0, "dip-evidence": 0, "lin-dip-mll": 4000, "lin-dip-
 UNCERTAINTY_SPREAD = (0.65, 1.4)
 #: MC-dropout forward passes per DIP-step equivalent (a step is a forward and a backward)
 FORWARDS_PER_STEP = 3
+#: the rest of a job (TV-weight rule, c_A, metrics, figures) in DIP-step equivalents, plus
+#: the interpreter's start and imports in seconds (measured: 9 s at 28², 46 s at 128²)
+SETUP_STEPS, SETUP_SECONDS = 350, 10.0
 
 
 @dataclass(frozen=True)
 class RunTimeEstimate:
     """Seconds a ``reconstruct`` job is expected to take: ``step`` (one DIP step here, measured),
-    ``dip`` (at the iteration cap: an upper bound, the plateau rule often stops earlier) and
-    ``uncertainty`` as a ``(low, high)`` range."""
+    ``setup`` (everything but the DIP and the uncertainty), ``dip`` (at the iteration cap: an
+    upper bound, the plateau rule often stops earlier) and ``uncertainty`` as a
+    ``(low, high)`` range."""
 
     step: float
+    setup: float
     dip: float
     uncertainty: tuple[float, float]
 
     def describe(self) -> str:
         """One line for the user, e.g. ``about 6–12 min (DIP at most 5 min, uncertainty
         2–6 min; one DIP step here: 0.15 s)``."""
-        low, high = self.dip * 0.7 + self.uncertainty[0], self.dip + self.uncertainty[1]
+        low = self.setup + self.dip * 0.7 + self.uncertainty[0]
+        high = self.setup + self.dip + self.uncertainty[1]
         parts = f"DIP at most {_duration(self.dip)}"
         if self.uncertainty[1] > 0:
             parts += f", uncertainty {_duration(*self.uncertainty)}"
@@ -179,7 +185,8 @@ def check_device(device: str, option: str = "--device") -> str:
 def estimate_run_time(side: int, method: str | None, iterations: int | None = None,
                       mcdo_samples: int | None = None, device: str = "cpu") -> RunTimeEstimate:
     """Run time of a ``reconstruct`` job on a ``side × side`` image, from one DIP step measured
-    on this machine (:func:`measure_dip_step`) times a count of steps: the DIP's ``iterations``
+    on this machine (:func:`measure_dip_step`) times a count of steps: a setup
+    (:data:`SETUP_STEPS`, :data:`SETUP_SECONDS`), the DIP's ``iterations``
     (default: the data rule's cap, :data:`~bayes_dip.dip.settings.MAX_ITERATIONS`) and the
     ``method``'s uncertainty stages in DIP-step equivalents (``None``: no uncertainty):
     4,000 for the linearised DIP (subspace, evidence, predictive; 2,600–5,500 measured over
@@ -198,4 +205,4 @@ def estimate_run_time(side: int, method: str | None, iterations: int | None = No
     else:
         cost = step * UNCERTAINTY_STEPS.get(method, max(UNCERTAINTY_STEPS.values()))
         extra = (cost * UNCERTAINTY_SPREAD[0], cost * UNCERTAINTY_SPREAD[1])
-    return RunTimeEstimate(step, dip, extra)
+    return RunTimeEstimate(step, SETUP_SECONDS + step * SETUP_STEPS, dip, extra)

@@ -7,8 +7,9 @@ import torch
 
 from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
 from bayes_dip.dip.settings import MAX_ITERATIONS
-from bayes_dip.preflight import (FORWARDS_PER_STEP, UNCERTAINTY_SPREAD, UNCERTAINTY_STEPS,
-                                 RunTimeEstimate, check_device, estimate_run_time)
+from bayes_dip.preflight import (FORWARDS_PER_STEP, SETUP_SECONDS, SETUP_STEPS,
+                                 UNCERTAINTY_SPREAD, UNCERTAINTY_STEPS, RunTimeEstimate,
+                                 check_device, estimate_run_time)
 
 
 @pytest.fixture
@@ -20,6 +21,7 @@ def fixed_step(monkeypatch):
 def test_estimate_counts_dip_steps_and_uncertainty_equivalents(fixed_step):
     dip_only = estimate_run_time(128, None)
     assert dip_only.dip == pytest.approx(0.1 * MAX_ITERATIONS) and dip_only.uncertainty == (0, 0)
+    assert dip_only.setup == pytest.approx(SETUP_SECONDS + 0.1 * SETUP_STEPS)
     assert estimate_run_time(128, None, iterations=300).dip == pytest.approx(30.0)
     lin = estimate_run_time(128, "lin-dip-tvmap")
     steps = UNCERTAINTY_STEPS["lin-dip-tvmap"]
@@ -39,10 +41,10 @@ def test_estimate_measures_a_real_step():
 
 
 def test_estimate_description():
-    text = RunTimeEstimate(step=0.15, dip=300.0, uncertainty=(200.0, 400.0)).describe()
-    assert text == ("about 7–12 min (DIP at most 5 min, uncertainty 3–7 min; "
+    text = RunTimeEstimate(step=0.15, setup=60.0, dip=300.0, uncertainty=(200.0, 400.0)).describe()
+    assert text == ("about 8–13 min (DIP at most 5 min, uncertainty 3–7 min; "
                     "one DIP step here: 0.15 s)")
-    long = RunTimeEstimate(step=3.0, dip=6000.0, uncertainty=(0.0, 0.0)).describe()
+    long = RunTimeEstimate(step=3.0, setup=0.0, dip=6000.0, uncertainty=(0.0, 0.0)).describe()
     assert long == "about 1.2–1.7 h (DIP at most 1.7 h; one DIP step here: 3 s)"
 
 
