@@ -55,7 +55,8 @@ class EvidenceMode:
     ``bayes-dip reconstruct`` when none are given; ``None``: ``default_steps`` with the
     convergence stop), ``command_line_sampler`` (the command line's predictive options),
     ``has_spectrum`` (``K_yy``'s eigen-structure is available: held-out checks and
-    recalibration work), ``full_covariance`` (the predictive is a dense covariance)."""
+    recalibration work), ``full_covariance`` (the predictive is a dense covariance),
+    ``adam_beta2`` (Adam's second-moment decay in the evidence optimisation)."""
 
     name: str = ""
     default_steps: int = 1500
@@ -63,6 +64,8 @@ class EvidenceMode:
     command_line_sampler: dict[str, Any] = {}
     has_spectrum: bool = True
     full_covariance: bool = False
+    #: short memory for a deterministic objective (:mod:`bayes_dip.linearized.evidence`)
+    adam_beta2: float = 0.9
     #: predictive options this mode's sampler takes (others are dropped)
     sampler_options: tuple[str, ...] = ()
 

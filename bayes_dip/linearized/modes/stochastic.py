@@ -103,6 +103,7 @@ class StochasticMode(EvidenceMode):
     command_line_steps = 20
     command_line_sampler = {"cg_tol": 1e-3}
     has_spectrum = False
+    adam_beta2 = 0.999  # noisy gradients: torch's default memory
     sampler_options = ("batch_size", "cg_tol", "cg_max_iter", "precond_rank", "precond", "progress")
 
     def objective(self, model, config, structure, generator) -> StochasticObjective:
