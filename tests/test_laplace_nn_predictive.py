@@ -149,3 +149,17 @@ def test_predictive_for_linear_operator_likelihood_uses_model_output_space():
     assert mean.shape == (1, 1, 3, 3) and cov.shape == (1, 9, 9)
     jac = jacobian(model, x)
     torch.testing.assert_close(cov, jac @ la.posterior_covariance @ jac.mT, rtol=1e-8, atol=1e-12)
+
+
+def test_full_isotropic_predictive_without_eigenvectors_is_the_eigendecomposition_one():
+    model, x, y = problem("regression")
+    la = Laplace(model, "regression", structure="full", prior_precision=0.7, sigma_noise=0.4).fit((x, y), batch_size=30)
+    la.optimize_prior_precision("marglik", optimize_noise=False, n_steps=5)  # eigenvalues alone
+    _, cov_chol = la.glm_predictive(x[:4])  # Σ = R Rᵀ from a Cholesky factor
+    assert la.structure._eig is None
+    sigma = la.posterior_covariance  # eigendecomposition
+    la.structure._root_cache = None
+    _, cov_eig = la.glm_predictive(x[:4])  # Σ = R Rᵀ from the eigenvectors
+    jac = jacobian(model, x[:4])
+    torch.testing.assert_close(cov_chol, jac @ sigma @ jac.mT, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(cov_eig, cov_chol, rtol=1e-8, atol=1e-10)

@@ -120,6 +120,12 @@ class KFAC(Structure):
             total = total + eig.log().sum()
         return total
 
+    def spectrum(self, kind: str) -> Tensor | None:
+        # δ is constant on each block, whose eigenvalues sit at the block's weights
+        if kind == "parameter":
+            return None
+        return torch.cat([self._eigvals(b) for b in self._blocks()]).to(torch.float64)
+
     def variance(self, scale: Scale, delta: Tensor) -> Tensor:
         out = []
         for block in self._blocks():

@@ -86,6 +86,12 @@ class LowRank(Structure):
         d_isqrt, _, c = self._factors(scale, delta)
         return -2 * d_isqrt.log().sum() + torch.linalg.slogdet(c).logabsdet
 
+    def spectrum(self, kind: str) -> Tensor | None:
+        if kind != "scalar" or self.eigvals is None or self.eigvecs is None:
+            return None
+        rest = self.eigvecs.shape[0] - self.eigvals.shape[0]  # orthonormal U: the others are 0
+        return torch.cat([self.eigvals, self.eigvals.new_zeros(rest)])
+
     def variance(self, scale: Scale, delta: Tensor) -> Tensor:
         d_isqrt, w, c = self._factors(scale, delta)
         inner = (w * torch.linalg.solve(c, w.T).T).sum(1)
