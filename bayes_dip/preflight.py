@@ -101,7 +101,7 @@ def image_side(path: str | os.PathLike) -> int | None:
         return None
 
 
-#: uncertainty stages of each method in DIP-step equivalents (module-level rule below)
+#: uncertainty stages of each method in DIP-step equivalents (:func:`estimate_run_time`)
 UNCERTAINTY_STEPS = {"dip": 0, "dip-evidence": 0, "lin-dip-mll": 4000, "lin-dip-tvmap": 4000}
 #: spread of the linearised stages over the development runs: 2,600–5,500 step equivalents
 UNCERTAINTY_SPREAD = (0.65, 1.4)
@@ -145,12 +145,14 @@ def _duration(low: float, high: float | None = None) -> str:
 
 def measure_dip_step(side: int, device: str = "cpu", budget: float = 1.0) -> float:
     """Seconds of one DIP training step (U-Net forward, backward, Adam) for a ``side × side``
-    image with the U-Net the data rule picks at that size: the median of 2–6 steps timed
+    image with the U-Net the data rule picks at that size
+    (:func:`~bayes_dip.dip.settings.unet_for_size`): the median of 2–6 steps timed
     within about ``budget`` seconds, after one warm-up step."""
     import torch
 
+    from bayes_dip.dip.settings import unet_for_size
     from bayes_dip.dip.unet import unet_preset
-    net = unet_preset("kmnist" if side <= 32 else "128").to(device)
+    net = unet_preset(unet_for_size(side)).to(device)
     x = torch.rand(1, 1, side, side, device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     times: list[float] = []

@@ -30,11 +30,18 @@ from torch import Tensor
 from .config import DIPConfig
 from .tv import tv_loss
 
-__all__ = ["estimate_noise_std", "tv_reconstruction", "balanced_tv_weight",
+__all__ = ["estimate_noise_std", "tv_reconstruction", "balanced_tv_weight", "unet_for_size",
            "dip_config_from_data"]
 
 #: iteration cap of the data-driven DIP; the plateau rule usually stops it earlier
 MAX_ITERATIONS = 2000
+#: largest image side (pixels) that gets the small ``"kmnist"`` U-Net
+SMALL_UNET_MAX_SIDE = 32
+
+
+def unet_for_size(size: int) -> str:
+    """The U-Net preset of :func:`dip_config_from_data` for an image of larger side ``size``."""
+    return "kmnist" if size <= SMALL_UNET_MAX_SIDE else "128"
 
 
 def estimate_noise_std(sinogram: Tensor) -> float:
@@ -101,10 +108,10 @@ def dip_config_from_data(ray_trafo, y: Tensor, x0: Tensor, noise_std: float | No
     rule = "balancing principle" if gamma is None else "given"
     if gamma is None:
         gamma = balanced_tv_weight(ray_trafo, y, sigma ** 2, x0)
-    small = size <= 32
+    small = unet_for_size(size) == "kmnist"
     config = DIPConfig(iterations=MAX_ITERATIONS, lr=2e-3 if small else 3e-3,
                        lr_warmup=200 if small else 100, gamma=gamma,
-                       unet="kmnist" if small else "128", plateau_window=200,
+                       unet=unet_for_size(size), plateau_window=200,
                        plateau_tol=0.005)
     config = DIPConfig.from_dict({**config.to_dict(), **given})
     return config, dict(noise_std=sigma, noise_std_estimated=estimated,
