@@ -61,7 +61,8 @@ STAGES = ("fit", "prior", "predict")
 BATCH_SIZE = 128
 LR = 0.1
 
-INSTALL_HINT = """laplace-torch is not installed in this Python; the comparison is skipped.
+INSTALL_HINT = """laplace-torch is not importable in this Python (not installed, or a torchvision that
+does not match this torch); the comparison is skipped.
 Install it in its own environment (so that it cannot pull another torch), then rerun with that Python:
 
     python -m venv --system-site-packages ltenv
@@ -84,10 +85,11 @@ class LibraryRun:
 
 
 def import_laplace_torch():
-    """laplace-torch's ``Laplace`` factory, or ``None`` when it is not installed."""
+    """laplace-torch's ``Laplace`` factory, or ``None`` when it cannot be imported (absent, or
+    its torchvision's compiled operators do not match this torch: a ``RuntimeError``)."""
     try:
         from laplace import Laplace as LaplaceTorch
-    except ImportError:
+    except (ImportError, RuntimeError):
         return None
     return LaplaceTorch
 

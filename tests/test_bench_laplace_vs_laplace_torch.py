@@ -63,7 +63,7 @@ def test_without_laplace_torch_it_prints_how_to_install_it_and_exits_0(monkeypat
     assert bench.import_laplace_torch() is None
     assert bench.main(TINY) == 0
     out = capsys.readouterr().out
-    assert out.startswith("laplace-torch is not installed")
+    assert out.startswith("laplace-torch is not importable")
     assert "python -m venv --system-site-packages ltenv" in out and "ltenv/bin/pip install laplace-torch" in out
     assert "|" not in out  # no table: nothing was timed
 

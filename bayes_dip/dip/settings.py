@@ -108,10 +108,11 @@ def dip_config_from_data(ray_trafo, y: Tensor, x0: Tensor, noise_std: float | No
     rule = "balancing principle" if gamma is None else "given"
     if gamma is None:
         gamma = balanced_tv_weight(ray_trafo, y, sigma ** 2, x0)
-    small = unet_for_size(size) == "kmnist"
+    unet = unet_for_size(size)
+    small = unet == "kmnist"
     config = DIPConfig(iterations=MAX_ITERATIONS, lr=2e-3 if small else 3e-3,
                        lr_warmup=200 if small else 100, gamma=gamma,
-                       unet=unet_for_size(size), plateau_window=200,
+                       unet=unet, plateau_window=200,
                        plateau_tol=0.005)
     config = DIPConfig.from_dict({**config.to_dict(), **given})
     return config, dict(noise_std=sigma, noise_std_estimated=estimated,
