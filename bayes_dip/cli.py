@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     unc.add_argument("--evidence-steps", type=int,
                      help="evidence optimisation steps (default: by mode)")
     unc.add_argument("--predcp-scale", type=float,
-                     help="TV-PredCP hyperprior scale of lin-dip-tvmap (default 1, the paper's: "
-                          "on the development slices 0.1 over-covered every one)")
+                     help="TV-PredCP hyperprior scale of lin-dip-tvmap: rate scale · γ · "
+                          "numel(y) / (2 · the DIP's mean squared residual), the same in any "
+                          "units of the scan (default 1)")
     unc.add_argument("--mean", choices=("dip", "posterior"),
                      help="predictive mean of lin-dip-*: the DIP output (default) or the "
                           "linearised posterior mean (helps an under-fitted DIP)")

@@ -25,7 +25,7 @@ SMOKE = {
     "mcdo": {"num_samples": 256, "iterations": 100},
     "evidence": {"mode": "stochastic", "steps": 3, "num_probes": 2, "cg_max_iter": 10,
                  "precond_rank": 20, "variance": 1.0e-3},
-    "tvmap": {"predcp_scale": 1.0, "predcp_samples": 2},
+    "tvmap": {"predcp_scale": 1.0, "predcp_samples": 2, "predcp_rule": "paper"},
     "predictive": {"num_samples": 16, "cg_max_iter": 10, "precond_rank": 20},
     "figures": {"formats": ["png"], "images": 1, "gallery_samples": 8},
 }

@@ -4,8 +4,10 @@ For each development case (the cases of ``calibration_benchmark.py``) one data-d
 trained (checkpointed under ``--out``), then the linearised DIP's hyperparameters are fitted
 in each variant and the default std map is scored against the ground truth:
 
-* ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (1), σ_y² learnt from the
-  noise estimate (the command's default); ``tvmap<S>``: at scale ``S`` (``tvmap1``: the paper's);
+* ``tvmap``: TV-MAP type-II ML at the command's PredCP scale (1) and rate rule
+  (``λ = scale · γ · m / (2σ̂²)``, :func:`~bayes_dip.linearized.predcp_rate`), σ_y² learnt
+  from the noise estimate (the command's default); ``tvmap<S>``: at scale ``S``;
+  ``tvmap-paper``: the paper's rate ``λ = γ · m``;
 * ``mll``: plain type-II ML (``--method lin-dip-mll``);
 * a ``-fixed`` suffix: σ_y² held at the known (simulated) noise variance.
 
@@ -33,25 +35,28 @@ from bayes_dip.problem import load_problem
 from bayes_dip.reconstruct import default_dip_config
 from bayes_dip.runtime import set_threads
 
-VARIANTS = ("tvmap", "mll", "tvmap-fixed", "mll-fixed")  # and tvmap<S>[-fixed]
+VARIANTS = ("tvmap", "mll", "tvmap-paper", "tvmap-fixed", "mll-fixed")  # and tvmap<S>[-fixed]
 HEADER = ("| case | FBP dB | DIP dB | variant | σ_y² / noise² | steps | cov 68 | cov 95 | LL/px | "
           "oracle | Spearman | held-out z² | s |\n|" + "---|" * 13)
 
 
-def _predcp_scale(variant: str) -> float | None:
-    """The PredCP scale of a variant name (``None``: plain MLL); ``ValueError`` if unknown."""
+def _predcp(variant: str) -> tuple[float | None, str]:
+    """The PredCP scale (``None``: plain MLL) and rate rule of a variant name; ``ValueError``
+    if unknown."""
     base = variant.removesuffix("-fixed")
     if base == "mll":
-        return None
+        return None, "residual"
     if base == "tvmap":
-        return RECONSTRUCT_DEFAULTS["predcp_scale"]
+        return RECONSTRUCT_DEFAULTS["predcp_scale"], "residual"
+    if base == "tvmap-paper":
+        return 1.0, "paper"
     if base.startswith("tvmap"):
         try:
             scale = float(base[5:])
         except ValueError:
             scale = -1.0
         if scale > 0:
-            return scale
+            return scale, "residual"
     raise ValueError(f"--variants: unknown {variant!r}; choose from {', '.join(VARIANTS)} "
                      "or tvmap<scale>[-fixed]")
 
@@ -61,8 +66,9 @@ def _row(name: str, variant: str, problem, dip, config, derived, seed: int) -> s
     noise_var = derived["noise_std"] ** 2
     lin = LinearizedDIP(dip.net, dip.net_input, problem.ray_trafo, problem.sinogram,
                         recon=dip.recon, gamma=config.gamma, noise_variance=noise_var)
+    scale, rule = _predcp(variant)
     evidence = lin.optimize_hyperparameters(
-        "auto", _predcp_scale(variant), seed=seed, progress=False,
+        "auto", scale, predcp_rule=rule, seed=seed, progress=False,
         stop_when_converged=True, learn_noise_variance=not variant.endswith("fixed"))
     heldout = lin.heldout("angle") if lin.mode != "stochastic" else None
     result = lin.estimate_uncertainty(mean="dip", seed=seed)
@@ -92,7 +98,7 @@ def main() -> None:
     variants = args.variants.split(",")
     for variant in variants:
         try:
-            _predcp_scale(variant)
+            _predcp(variant)
         except ValueError as exc:
             parser.error(str(exc))
     set_threads(args.threads)

@@ -39,7 +39,7 @@ SMOKE = {
     "evidence": {"mode": "stochastic", "steps": 2, "num_probes": 2, "cg_max_iter": 5,
                  "precond_rank": 10, "precond_every": 50, "variance": 1.0e-3,
                  "noise_variance": 4.0},
-    "tvmap": {"predcp_scale": 50.0, "predcp_samples": 2},
+    "tvmap": {"predcp_scale": 50.0, "predcp_samples": 2, "predcp_rule": "paper"},
     "predictive": {"num_samples": 16, "cg_max_iter": 5, "precond_rank": 10},
     "figures": {"formats": ["png"], "images": 1, "gallery_samples": 16},
 }

@@ -154,11 +154,20 @@ def test_sampled_estimates_are_unbiased(parts):
 
 def test_rate_and_bad_inputs(parts):
     jac, sc, _ = parts
-    assert predcp_rate(2.0, 1e-4, 820) == pytest.approx(0.164)
+    residual = torch.full((820,), 0.1, dtype=F64)
+    assert predcp_rate(2.0, 1e-4, residual, "paper") == pytest.approx(0.164)
+    # γ · m / (2 · mean r²): the paper's rate over 2σ̂² = 0.02
+    assert predcp_rate(2.0, 1e-4, residual) == pytest.approx(0.164 / 0.02)
+    # units: r → c r, γ → c² γ (the same DIP problem in other units) leave it unchanged
+    assert predcp_rate(2.0, 1e-4 * 9, 3 * residual) == pytest.approx(predcp_rate(2.0, 1e-4, residual))
     with pytest.raises(ValueError, match="gamma"):
-        predcp_rate(1.0, 0.0, 10)
-    with pytest.raises(ValueError, match="num_obs"):
-        predcp_rate(1.0, 1.0, 0)
+        predcp_rate(1.0, 0.0, residual)
+    with pytest.raises(ValueError, match="residual"):
+        predcp_rate(1.0, 1.0, torch.zeros(0))
+    with pytest.raises(ValueError, match="residual"):
+        predcp_rate(1.0, 1.0, torch.zeros(5))
+    with pytest.raises(ValueError, match="rule"):
+        predcp_rate(1.0, 1.0, residual, "noise")
     with pytest.raises(ValueError, match="rate"):
         ExactTVPredCP(sc, WeightPrior(jac.layout), rate=-1.0)
     with pytest.raises(TypeError, match="structured"):

@@ -24,7 +24,8 @@ from .evidence import EvidenceConfig, EvidenceResult, negative_log_evidence, opt
 from .jacobian import NetworkJacobian, gprior_scale
 from .model import LinearizedModel
 from .modes import EVIDENCE_MODES, EvidenceMode, register_mode
-from .predcp import ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP, predcp_rate
+from .predcp import (PREDCP_RATES, ExactTVPredCP, FixedSampleTVPredCP, SampledTVPredCP,
+                     predcp_rate)
 from .heldout import HeldOutPredictive, ObservationSpectrum, heldout_groups, heldout_predictive
 from .predictive import (ExactPredictive, SampledPredictive, conditional_mean, exact_predictive,
                          sample_predictive, subspace_predictive)
@@ -41,7 +42,7 @@ __all__ = [
     "SubspaceCovariance",
     "LinearizedModel", "EVIDENCE_MODES", "EvidenceMode", "register_mode",
     "EvidenceConfig", "EvidenceResult", "optimize_evidence", "negative_log_evidence",
-    "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "predcp_rate",
+    "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP", "PREDCP_RATES", "predcp_rate",
     "ExactPredictive", "SampledPredictive", "exact_predictive", "sample_predictive",
     "conditional_mean", "subspace_predictive",
     "ObservationSpectrum", "HeldOutPredictive", "heldout_groups", "heldout_predictive",

@@ -74,7 +74,8 @@ class LinearizedDIP:
             ``im_shape``, ``obs_shape``).
         y: measurement ``(1, 1, n_angles, n_det)``.
         recon: predictive mean (default: ``net(net_input)``, the linearisation point).
-        gamma: the DIP's TV weight (needed for the PredCP rate ``λ = scale · γ · numel(y)``).
+        gamma: the DIP's TV weight (needed for the PredCP rate
+            :func:`~bayes_dip.linearized.predcp.predcp_rate`).
         blocks: prior blocks (default ``net.prior_blocks()``).
         dtype: dtype of the Jacobian products (default: the network's); evidence and
             covariances are float64 regardless.
@@ -204,6 +205,7 @@ class LinearizedDIP:
     def optimize_hyperparameters(self, mode: str = "auto", predcp_scale: float | None = None, *,
                                  steps: int | None = None, weights: str | None = None,
                                  predcp_samples: int | None = None,
+                                 predcp_rule: str = "residual",
                                  progress: bool | None = None,
                                  checkpoint_path: str | os.PathLike | None = None,
                                  config: EvidenceConfig | None = None, **overrides: Any
@@ -213,7 +215,10 @@ class LinearizedDIP:
         ``steps`` defaults to ``config.steps`` or, without a config, the paper's 1,500
         (exact, lowrank) / 3,000 (stochastic). ``predcp_samples``: PredCP draws per GP block
         (default 20 fresh ones per step in the stochastic mode, 2 fixed ones in the lowrank
-        mode; the exact mode needs none). ``weights``, ``progress`` and ``overrides`` replace the
+        mode; the exact mode needs none). ``predcp_rule``: ``"residual"`` (``λ = scale · γ · m /
+        (2σ̂²)``, ``σ̂²`` the DIP's mean squared residual; invariant to the scan's units) or
+        ``"paper"`` (``λ = scale · γ · m``; :mod:`~bayes_dip.linearized.predcp`). ``weights``,
+        ``progress`` and ``overrides`` replace the
         fields of ``config`` (default :class:`EvidenceConfig`). Continues from a checkpoint at
         ``checkpoint_path`` when one exists.
         """
@@ -228,7 +233,7 @@ class LinearizedDIP:
         if predcp_scale is not None:
             if not self.gamma:
                 raise ValueError("predcp_scale needs gamma (the DIP's TV weight) > 0")
-            rate = predcp_rate(predcp_scale, self.gamma, self.model.num_obs)
+            rate = predcp_rate(predcp_scale, self.gamma, self.model.residual, predcp_rule)
             predcp = spec.predcp(self, rate, predcp_samples, config.seed)
         structured = spec.structure(self, config.seed)
         self.evidence = optimize_evidence(self.model, config, structured=structured,

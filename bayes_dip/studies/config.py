@@ -19,7 +19,7 @@ scan, or one real scan), each with its images, times a list of *methods*. Schema
     dip_evidence: {noise_variance: own}   # or mll: σ_y² of the linearised DIP's MLL
     mcdo: {}                       # bayes_dip.baselines MC-dropout settings
     evidence: {}                   # bayes_dip.linearized evidence settings (MLL and TV-MAP)
-    tvmap: {}                      # TV-PredCP settings of lin-dip-tvmap
+    tvmap: {}                      # predcp_scale (1), predcp_samples, predcp_rule (residual | paper)
     predictive: {}                 # bayes_dip.linearized predictive settings
     metrics: {patch_size: 2, full_covariance_max_pixels: 4096}
     figures: {enabled: true, formats: [png, pdf], images: 1, gallery_samples: 8}

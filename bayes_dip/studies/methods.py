@@ -193,7 +193,7 @@ _LIN_INIT_KEYS = ("variance", "lengthscale", "noise_variance")
 _LIN_RUN_KEYS = {"mode", "steps", "weights"}
 _EVIDENCE_KEYS = {"lr", "num_probes", "cg_max_iter", "cg_tol", "precond_rank", "precond_every",
                   "checkpoint_every", "stop_when_converged", "learn_noise_variance"}
-_TVMAP_KEYS = {"predcp_scale", "predcp_samples"}
+_TVMAP_KEYS = {"predcp_scale", "predcp_samples", "predcp_rule"}
 _PREDICTIVE_KEYS = {"num_samples", "image_noise", "batch_size", "cg_tol", "cg_max_iter",
                     "precond_rank", "mean", "calibrate"}
 _PREDICTIVE_CHOICES = {"mean": ("dip", "posterior"), "calibrate": ("none", "heldout")}
@@ -236,9 +236,12 @@ def _check_tvmap(config: Any) -> None:
     _check_keys(tv, _TVMAP_KEYS, "tvmap")
     check_number(tv.get("predcp_scale", 1.0), "tvmap.predcp_scale", gt=0)
     check_int(tv.get("predcp_samples", 20), "tvmap.predcp_samples", 1)
+    from bayes_dip.linearized.predcp import PREDCP_RATES
+
+    check_choice(tv.get("predcp_rule", "residual"), "tvmap.predcp_rule", PREDCP_RATES)
     if config.dip.gamma <= 0:
         raise ValueError("dip.gamma must be > 0 for lin-dip-tvmap (the PredCP rate is "
-                         "scale · gamma · numel(y))")
+                         "proportional to gamma)")
 
 
 def _optimize(ctx: MethodContext, tvmap: bool):
@@ -267,7 +270,8 @@ def _optimize(ctx: MethodContext, tvmap: bool):
     tag = fingerprint({s: ctx.config.section(s) for s in ("evidence", "tvmap")[:1 + tvmap]})
     evidence = lin.optimize_hyperparameters(
         mode, tv.get("predcp_scale", 1.0) if tvmap else None, steps=steps, weights=weights,
-        predcp_samples=tv.get("predcp_samples"), progress=ctx.progress,
+        predcp_samples=tv.get("predcp_samples"),
+        predcp_rule=tv.get("predcp_rule", "residual"), progress=ctx.progress,
         checkpoint_path=ctx.cache_dir / f"evidence-{name}-{tag}.pt", seed=ctx.seed(3), **ev)
     return lin, evidence
 
