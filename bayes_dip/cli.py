@@ -39,7 +39,7 @@ angles, 5 % noise): a DIP whose TV weight and length are read from the data
 (balancing principle at the noise level, stop at a loss plateau), then the
 linearised DIP's evidence (TV-MAP), pixelwise standard deviations and a
 held-out-projection check that needs no ground truth. On 2 idle cores a 128x128
-job takes 6 to 8 minutes (DIP 2-3, uncertainty 4-5) and 1.5 GiB of memory;
+job takes 5 to 8 minutes (DIP 2-3, uncertainty 3-5) and 1.5 GiB of memory;
 before it starts, a job prints its own estimate (one DIP step timed on this
 machine times the step count); --no-uncertainty stops after the DIP.
 

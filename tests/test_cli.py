@@ -288,7 +288,7 @@ def test_help_is_plain_text(capsys):
     rec = capsys.readouterr().out
     for text in (top, rec):
         assert "``" not in text and ":func:" not in text
-    for phrase in ("CT_small.dcm", "6 to 8 minutes", "balancing principle", "--no-uncertainty",
+    for phrase in ("CT_small.dcm", "5 to 8 minutes", "balancing principle", "--no-uncertainty",
                    "--threads",
                    "<out>.partial", "--restart", "--htc2022 FILE is a measured"):
         assert phrase in rec, phrase
