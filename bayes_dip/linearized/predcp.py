@@ -19,10 +19,10 @@ the sinogram's unit (line integrals over a pixel size in mm or in pixels, intens
 unit). The paper's rate (rule ``"paper"``), ``λ = scale · γ · m``, scales with it: in
 geometries with unit pixels the line integrals grow with the image width, the noise variance
 and ``γ`` with them, and the paper's rate grows about as the width squared at a fixed scan,
-so the same head slice got intervals that held 95 % of its pixels at 128² and 83 % at its
+so the same head slice got intervals that held 94 % of its pixels at 128² and 83 % at its
 native 256². ``σ̂²`` is the residual the DIP left, not the noise estimate: on simulated scans
 they agree (0.88–1.07×), while on a measured scan the fit can stop far above the noise
-(HTC2022: about 19×), and a rate read from the noise alone would treat the misfit as signal.
+(HTC2022: 13×), and a rate read from the noise alone would treat the misfit as signal.
 
 * :class:`ExactTVPredCP` (small images, with a :class:`StructuredCovariance`): every image
   difference ``(∇x)_e`` is Gaussian, so ``E|(∇x)_e| = √(2/π) √Var((∇x)_e)`` and
@@ -56,7 +56,8 @@ from .covariance import StructuredCovariance, joint_block_basis
 from .jacobian import NetworkJacobian
 from .priors import WeightPrior, distance_classes, kernel_lengthscale_derivative
 
-__all__ = ["PREDCP_RATES", "predcp_rate", "ExactTVPredCP", "FixedSampleTVPredCP", "SampledTVPredCP"]
+__all__ = ["PREDCP_RATES", "predcp_rate", "ExactTVPredCP", "FixedSampleTVPredCP",
+           "SampledTVPredCP"]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
