@@ -30,7 +30,10 @@ class DIPConfig:
         fbp_filter: filter of the FBP used as network input when none is passed.
         plateau_window, plateau_tol: stop before ``iterations`` once the lowest loss improved
             by less than the fraction ``plateau_tol`` over the last ``plateau_window``
-            iterations (checked every window after the warm-up; 0: run all iterations).
+            iterations and the loss is no longer falling inside that window (a run
+            recovering from an Adam spike goes on; one stuck above its best after a spike
+            goes back to its best iterate at half the learning rate instead of stopping);
+            checked every window after the warm-up; 0: run all iterations.
         backtrack_factor: from iteration ``2 · lr_warmup`` on (before, the loss still falls
             fast and jumps are transient), a loss above this multiple of the lowest loss
             so far means Adam diverged: the best iterate is restored and the learning rate is

@@ -14,11 +14,15 @@ can drift on images with large flat areas (TV reconstructions then flatten furth
 (:func:`estimate_noise_std`).
 
 :func:`dip_config_from_data` adds a plateau-based budget: Adam runs until the lowest loss
-improves by less than 0.5 % over 200 iterations (at most :data:`MAX_ITERATIONS`), instead of
-a count tuned on one image — under-fitted DIPs were the main cause of intervals that missed.
-Backtracking after an Adam blow-up (``DIPConfig.backtrack_factor = 2``) is available but off:
-it rescued the 64² head slice s025 (24.0 → 25.2 dB) but its halved learning rates cost
-0.3–1.6 dB at the 2,000-iteration cap on headsq s035/s055/s065 and KMNIST 1/5.
+improves by less than 0.5 % over 200 iterations while the loss no longer falls inside them
+(at most :data:`MAX_ITERATIONS`), instead of a count tuned on one image — under-fitted DIPs
+were the main cause of intervals that missed. A run recovering from an Adam blow-up goes on
+(the 64² head slice s025 reaches 25.3 dB instead of stopping at 24.0; FBP 24.3), and one
+stuck above its best after a blow-up goes back to its best iterate at half the learning rate
+(cranium s030 at 60 angles / 2 %: 28.1 → 28.4 dB; s050 at 64², 20 angles / 10 %: 24.1 → 24.6).
+Backtracking after a blow-up (``DIPConfig.backtrack_factor = 2``) is available but off: its
+halved learning rates cost 0.3–1.6 dB at the 2,000-iteration cap on headsq
+s035/s055/s065 and KMNIST 1/5.
 """
 from __future__ import annotations
 

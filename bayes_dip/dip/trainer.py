@@ -167,7 +167,7 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
         try:
             with deferred_interrupts(checkpoint_dir is not None) as stop:
                 # a run resumed from its plateau stop is finished
-                first = total if _plateaued(config, losses, start) else start
+                first = total if _plateau_stop(config, losses, start) else start
                 for it in range(first, total):
                     if it <= config.lr_warmup:
                         for group in optimizer.param_groups:
@@ -187,7 +187,10 @@ def reconstruct_dip(ray_trafo: nn.Module, y: Tensor, *, net: nn.Module | None = 
                         best.update(loss.detach(), params, it)
                         optimizer.step()
                     done = it + 1
-                    finished = done == total or _plateaued(config, losses, done)
+                    finished = done == total or _plateau_stop(config, losses, done)
+                    if not finished and _plateaued(config, losses, done):
+                        _backtrack(optimizer, params, best)  # stuck above its best
+                        backtracks.append(it)
                     if done % config.log_every == 0 or finished:
                         postfix = {"loss": f"{losses[it].item():.3e}",
                                    "best": f"{best.loss.item():.3e}"}
@@ -244,15 +247,28 @@ def _backtrack(optimizer: torch.optim.Optimizer, params: list[Tensor],
         group["lr"] *= 0.5
 
 
+def _plateau_stop(config: DIPConfig, losses: Tensor, done: int) -> bool:
+    """Stop at a plateau of the lowest loss; a plateau that the run reached stuck above its
+    best (the last window's lowest loss more than ``plateau_tol`` above the lowest before:
+    an Adam spike it did not recover from) sends it back to the best iterate instead."""
+    if not _plateaued(config, losses, done):
+        return False
+    window, keep = config.plateau_window, 1.0 - config.plateau_tol
+    return keep * float(losses[done - window:done].min()) <= float(losses[:done - window].min())
+
+
 def _plateaued(config: DIPConfig, losses: Tensor, done: int) -> bool:
     """After the warm-up, every ``plateau_window`` iterations: did the lowest loss improve by
-    less than the fraction ``plateau_tol`` over the last window?"""
-    window = config.plateau_window
+    less than the fraction ``plateau_tol`` over the last window, with the loss no longer
+    falling inside it (the lowest loss of its second half not ``plateau_tol`` below that of
+    its first)? The second test keeps a run going that is recovering from an Adam spike."""
+    window, keep = config.plateau_window, 1.0 - config.plateau_tol
     if window == 0 or done % window or done < config.lr_warmup + 2 * window:
         return False
-    before = float(losses[:done - window].min())
-    now = float(losses[:done].min())
-    return now > (1.0 - config.plateau_tol) * before
+    if float(losses[:done].min()) <= keep * float(losses[:done - window].min()):
+        return False
+    half = done - window // 2
+    return float(losses[half:done].min()) > keep * float(losses[done - window:half].min())
 
 
 def _check_measurement(ray_trafo: nn.Module, y: Tensor) -> Tensor:
