@@ -9,7 +9,7 @@ is the 68 % coverage after rescaling the std map so that exactly 95 % of the pix
 covered: the best any global recalibration could do. Below 0.76 only a differently shaped std
 map (not a different scale) can bring both levels into their target bands.
 
-    python experiments/calibration_benchmark.py                 # all cases (about 1 h)
+    python experiments/calibration_benchmark.py                 # all cases (about 1.7 h)
     python experiments/calibration_benchmark.py --cases headsq,kmnist  # names with a match
 
 Cases: the real head-CT slices in ``$BAYES_DIP_DATA/ct_slices`` (64² as given, 128² resized,
