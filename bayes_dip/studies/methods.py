@@ -236,7 +236,7 @@ def _check_tvmap(config: Any) -> None:
     _check_keys(tv, _TVMAP_KEYS, "tvmap")
     check_number(tv.get("predcp_scale", 1.0), "tvmap.predcp_scale", gt=0)
     check_int(tv.get("predcp_samples", 20), "tvmap.predcp_samples", 1)
-    from bayes_dip.linearized.predcp import PREDCP_RATES
+    from bayes_dip.linearized import PREDCP_RATES
 
     check_choice(tv.get("predcp_rule", "residual"), "tvmap.predcp_rule", PREDCP_RATES)
     if config.dip.gamma <= 0:
