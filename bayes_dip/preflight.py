@@ -189,16 +189,16 @@ def estimate_run_time(side: int, method: str | None, iterations: int | None = No
     """Run time of a ``reconstruct`` job on a ``side × side`` image, from one DIP step measured
     on this machine (:func:`measure_dip_step`) times a count of steps: a setup
     (:data:`SETUP_STEPS`, :data:`SETUP_SECONDS`), the DIP's ``iterations``
-    (default: the data rule's cap, :data:`~bayes_dip.dip.settings.MAX_ITERATIONS`) and the
+    (default: the data rule's cap, :func:`~bayes_dip.dip.settings.iteration_cap`) and the
     ``method``'s uncertainty stages in DIP-step equivalents (``None``: no uncertainty):
     4,000 for the linearised DIP (subspace, evidence, predictive; 2,600–5,500 measured over
     the development runs from 64² to 256² and 20 to 121 angles, whose DIP steps took
     0.08–0.28 s), a second DIP plus one third of a step per forward pass for MC-dropout."""
     from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
-    from bayes_dip.dip.settings import MAX_ITERATIONS
+    from bayes_dip.dip.settings import iteration_cap
 
     step = measure_dip_step(side, device)
-    dip = step * (iterations or MAX_ITERATIONS)
+    dip = step * (iterations or iteration_cap(side))
     if method is None:
         extra = (0.0, 0.0)
     elif method == "mcdo":

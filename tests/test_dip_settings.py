@@ -6,8 +6,8 @@ import torch
 
 from bayes_dip.data import random_ellipses, shepp_logan
 from bayes_dip.dip import tv_loss
-from bayes_dip.dip.settings import (balanced_tv_weight, dip_config_from_data, estimate_noise_std,
-                                    tv_reconstruction)
+from bayes_dip.dip.settings import (MAX_ITERATIONS, balanced_tv_weight, dip_config_from_data,
+                                    estimate_noise_std, iteration_cap, tv_reconstruction)
 from bayes_dip.problem import simulated_problem
 
 
@@ -65,7 +65,20 @@ def test_config_from_data_follows_the_rule_and_overrides():
     p = simulated_problem(shepp_logan(64).float(), num_angles=20, noise_level=0.05, seed=0)
     cfg, info = dip_config_from_data(p.ray_trafo, p.sinogram, p.fbp, p.noise_std)
     assert cfg.unet == "128" and cfg.plateau_window > 0 and cfg.gamma > 0
+    assert cfg.iterations == iteration_cap(64) == 2 * MAX_ITERATIONS
     assert info["noise_std"] == p.noise_std and info["gamma_rule"] == "balancing principle"
     cfg2, info2 = dip_config_from_data(p.ray_trafo, p.sinogram, p.fbp, None, gamma=1e-3, lr=None)
     assert cfg2.gamma == 1e-3 and cfg2.lr == cfg.lr and info2["gamma_rule"] == "given"
     assert info2["noise_std"] == info2["noise_std_estimated"]
+
+
+def test_iteration_cap_spends_the_128_budget_on_smaller_images():
+    """Full cap from 128 px on, 128/side times it below (whole 200-iteration windows), at
+    most twice; never below the full cap, so no image gets fewer iterations than before."""
+    assert iteration_cap(128) == iteration_cap(512) == MAX_ITERATIONS
+    assert iteration_cap(28) == iteration_cap(64) == 2 * MAX_ITERATIONS
+    assert iteration_cap(96) == 2600  # 2,667 rounded to a whole window
+    caps = [iteration_cap(side) for side in range(16, 300)]
+    assert all(a >= b for a, b in zip(caps, caps[1:])) and all(c % 200 == 0 for c in caps)
+    with pytest.raises(ValueError, match="size"):
+        iteration_cap(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayes_dip.baselines import DEFAULT_NUM_SAMPLES
-from bayes_dip.dip.settings import MAX_ITERATIONS
+from bayes_dip.dip.settings import MAX_ITERATIONS, iteration_cap
 from bayes_dip.preflight import (FORWARDS_PER_STEP, SETUP_SECONDS, SETUP_STEPS,
                                  UNCERTAINTY_SPREAD, UNCERTAINTY_STEPS, RunTimeEstimate,
                                  check_device, estimate_run_time)
@@ -23,6 +23,7 @@ def test_estimate_counts_dip_steps_and_uncertainty_equivalents(fixed_step):
     assert dip_only.dip == pytest.approx(0.1 * MAX_ITERATIONS) and dip_only.uncertainty == (0, 0)
     assert dip_only.setup == pytest.approx(SETUP_SECONDS + 0.1 * SETUP_STEPS)
     assert estimate_run_time(128, None, iterations=300).dip == pytest.approx(30.0)
+    assert estimate_run_time(64, None).dip == pytest.approx(0.1 * iteration_cap(64))
     lin = estimate_run_time(128, "lin-dip-tvmap")
     steps = UNCERTAINTY_STEPS["lin-dip-tvmap"]
     assert lin.uncertainty == pytest.approx((0.1 * steps * UNCERTAINTY_SPREAD[0],
