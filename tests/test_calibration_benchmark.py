@@ -50,6 +50,21 @@ def test_68_at_95_of_heavy_tailed_errors_is_above_68(bench, tmp_path):
     assert value == pytest.approx(expected, abs=0.005) and value > 0.72
 
 
+def test_object_coverage_leaves_out_the_air(bench, tmp_path):
+    """Half the pixels are air (truth 0) reconstructed exactly; the object's errors are
+    Gaussian with twice the std: 68 % / 95 % coverage 0.38 / 0.67 inside, whatever the air."""
+    rng = np.random.default_rng(2)
+    truth = np.zeros((1, 1, 200, 400))
+    truth[..., 200:] = 1.0
+    mean = truth + np.where(truth > 0, 2.0 * rng.standard_normal(truth.shape), 0.0)
+    folder = _folder(tmp_path, truth, mean, np.ones_like(truth))
+    inside68, inside95 = bench._object_coverage(folder)
+    assert inside68 == pytest.approx(0.3829, abs=0.01) and inside95 == pytest.approx(0.6716, abs=0.01)
+    z = np.abs(mean - truth) / 1.0  # over all pixels the air raises both
+    assert np.mean(z <= 0.994458) > inside68 + 0.25
+
+
 def test_68_at_95_without_ground_truth_is_nan(bench, tmp_path):
     np.save(tmp_path / "std.npy", np.ones((4, 4), dtype=np.float32))
     assert math.isnan(bench._coverage_68_at_95(tmp_path))
+    assert all(math.isnan(v) for v in bench._object_coverage(tmp_path))
