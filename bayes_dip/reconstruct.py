@@ -45,11 +45,11 @@ def default_dip_config(problem: CTProblem, **overrides) -> tuple[DIPConfig, dict
                                 problem.noise_std, **overrides)
 
 
-def method_config(settings: dict, dip: DIPConfig, noise_variance: float) -> StudyConfig:
+def method_config(settings: dict, dip: DIPConfig) -> StudyConfig:
     """The one-image study a command line describes: its ``method`` with the DIP settings
-    ``dip`` (read from the data) and the evidence started at the DIP rule's ``noise_variance``
-    and stopped once converged; checked by the method's own validation."""
-    evidence = dict(mode=settings["evidence"], noise_variance=noise_variance,
+    ``dip`` (read from the data) and the evidence with σ_y² held at the DIP's mean squared
+    residual, stopped once converged; checked by the method's own validation."""
+    evidence = dict(mode=settings["evidence"], noise_variance="residual",
                     stop_when_converged=True)
     predictive = dict(num_samples=settings["samples"], mean=settings["mean"],
                       calibrate=settings["calibrate"])
@@ -114,7 +114,7 @@ def run_reconstruct(settings: dict, checkpoint_dir: str | Path | None = None) ->
     config, derived = default_dip_config(problem, iterations=settings["iterations"],
                                          gamma=settings["gamma"], lr=settings["lr"],
                                          seed=settings["seed"])
-    study = method_config(settings, config, derived["noise_std"] ** 2)
+    study = method_config(settings, config)
     ctx = MethodContext(problem, study, _setting(settings, problem), problem.name,
                         Path(checkpoint_dir), progress=not settings["quiet"])
     gt = problem.ground_truth

@@ -219,7 +219,11 @@ def _check_linearized(config: Any) -> None:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"evidence: {exc}") from exc
     for key in ("variance", "lengthscale", "noise_variance"):
-        check_number(ev.get(key, 1.0), f"evidence.{key}", gt=0)
+        if not (key == "noise_variance" and ev.get(key) == "residual"):
+            check_number(ev.get(key, 1.0), f"evidence.{key}", gt=0)
+    if ev.get("noise_variance") == "residual" and ev.get("learn_noise_variance"):
+        raise ValueError("evidence: noise_variance 'residual' holds σ_y² at the DIP's mean "
+                         "squared residual; it cannot be combined with learn_noise_variance")
     pr = config.predictive
     _check_keys(pr, _PREDICTIVE_KEYS, "predictive")
     check_int(pr.get("num_samples", 1024), "predictive.num_samples", 2)
@@ -253,6 +257,11 @@ def _optimize(ctx: MethodContext, tvmap: bool):
     dip = ctx.dip()
     ev = dict(ctx.config.evidence)
     model_options = {k: ev.pop(k) for k in _LIN_MODEL_KEYS if k in ev}
+    if model_options.get("noise_variance") == "residual":  # held at the DIP's misfit
+        with torch.no_grad():
+            residual = ctx.ray_trafo(dip.recon.to(ctx.y.dtype)) - ctx.y
+        model_options["noise_variance"] = float(residual.double().square().mean())
+        ev["learn_noise_variance"] = False
     if "linearized" not in ctx.image_cache:
         # one linearisation per image (its Jacobian structure is reused by MLL and TV-MAP)
         ctx.image_cache["linearized"] = LinearizedDIP(
