@@ -87,6 +87,12 @@ def test_linearized_sections_are_checked():
         StudyConfig.from_dict({**base, "tvmap": {"predcp_scale": -1}})
     with pytest.raises(ValueError, match="dip.gamma"):
         StudyConfig.from_dict({**base, "dip": {"gamma": 0.0}})
+    with pytest.raises(ValueError, match="evidence.noise_variance"):
+        StudyConfig.from_dict({**base, "evidence": {"noise_variance": "resid"}})
+    with pytest.raises(ValueError, match="learn_noise_variance"):
+        StudyConfig.from_dict({**base, "evidence": {"noise_variance": "residual",
+                                                    "learn_noise_variance": True}})
+    StudyConfig.from_dict({**base, "evidence": {"noise_variance": "residual"}})
 
 
 def test_missing_file_and_non_mapping(tmp_path):

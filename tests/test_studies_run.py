@@ -158,3 +158,26 @@ def test_dip_evidence_can_take_the_linearised_mll_noise_variance(tmp_path):
     # the pixel variance is σ_y² times the pseudo-inverse factor c_A
     info = by["dip-evidence"]["info"]
     assert info["pixel_variance"] == pytest.approx(sigma2 * info["variance_factor"], rel=1e-12)
+
+
+def test_evidence_can_hold_the_noise_at_the_dips_residual(tmp_path, monkeypatch):
+    """``evidence.noise_variance: residual`` (the command line's choice): the evidence starts
+    at the DIP's mean squared residual ``‖y − A x̂‖²/m`` and keeps it."""
+    from bayes_dip.linearized import LinearizedDIP
+
+    seen = {}
+    optimize = LinearizedDIP.optimize_hyperparameters
+
+    def spy(self, *args, **kwargs):
+        seen.update(start=float(self.model.noise_variance.detach()),
+                    residual=float(self.model.residual.square().mean()),
+                    learn=kwargs.get("learn_noise_variance", True))
+        return optimize(self, *args, **kwargs)
+
+    monkeypatch.setattr(LinearizedDIP, "optimize_hyperparameters", spy)
+    cfg = _config(methods=["lin-dip-tvmap"], evidence={"steps": 3, "noise_variance": "residual"},
+                  settings=[{"angles": 8, "noise": 0.05, "images": ["shepp_logan"], "size": 16}],
+                  figures={"enabled": False})
+    record, = run_study(cfg, tmp_path, progress=False).records
+    assert seen["start"] == pytest.approx(seen["residual"], rel=1e-6) and not seen["learn"]
+    assert record["info"]["noise_variance"] == pytest.approx(seen["residual"], rel=1e-6)

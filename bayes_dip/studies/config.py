@@ -18,7 +18,8 @@ scan, or one real scan), each with its images, times a list of *methods*. Schema
     dip: {iterations: 3000, lr: 1e-3, gamma: 1e-4}     # DIPConfig fields
     dip_evidence: {noise_variance: own}   # or mll: σ_y² of the linearised DIP's MLL
     mcdo: {}                       # bayes_dip.baselines MC-dropout settings
-    evidence: {}                   # bayes_dip.linearized evidence settings (MLL and TV-MAP)
+    evidence: {}                   # bayes_dip.linearized evidence settings (MLL and TV-MAP);
+                                   # noise_variance: residual holds σ_y² at the DIP's misfit
     tvmap: {}                      # predcp_scale (1), predcp_samples, predcp_rule (residual | paper)
     predictive: {}                 # bayes_dip.linearized predictive settings
     metrics: {patch_size: 2, full_covariance_max_pixels: 4096}
