@@ -15,8 +15,13 @@ can drift on images with large flat areas (TV reconstructions then flatten furth
 
 :func:`dip_config_from_data` adds a plateau-based budget: Adam runs until the lowest loss
 improves by less than 0.5 % over 200 iterations while the loss no longer falls inside them
-(at most :data:`MAX_ITERATIONS`), instead of a count tuned on one image — under-fitted DIPs
-were the main cause of intervals that missed. A run recovering from an Adam blow-up goes on
+(at most :func:`iteration_cap`), instead of a count tuned on one image — under-fitted DIPs
+were the main cause of intervals that missed. Most development DIPs were still improving at
+2,000 iterations; the cap gives smaller images, whose steps are cheaper, up to twice that
+(4,000 at 64² and below: the five 64² cases gain 0.1–0.75 dB, KMNIST 0–9 −0.2 to +1.8 dB,
+mean +0.5; headsq s065 reaches FBP + 1.7 dB instead of + 0.95) in less than a 128² DIP's
+time (64²: 117–139 s to 4,000; 128²: 147–183 s to 2,000 on 2 cores). A run recovering from
+an Adam blow-up goes on
 (the 64² head slice s025 reaches 25.3 dB instead of stopping at 24.0; FBP 24.3), and one
 stuck above its best after a blow-up goes back to its best iterate at half the learning rate
 (cranium s030 at 60 angles / 2 %: 28.1 → 28.4 dB; s050 at 64², 20 angles / 10 %: 24.1 → 24.6).
