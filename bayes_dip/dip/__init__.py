@@ -2,7 +2,8 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DIPConfig, dip_preset
 from .trainer import DIPHistory, DIPResult, dip_loss, reconstruct_dip
-from .settings import balanced_tv_weight, dip_config_from_data, estimate_noise_std
+from .settings import (balanced_tv_weight, dip_config_from_data, estimate_noise_std,
+                       iteration_cap)
 from .tv import tv_loss
 from .unet import PriorBlock, UNet, unet_preset
 
@@ -10,5 +11,5 @@ __all__ = [
     "UNet", "unet_preset", "PriorBlock", "tv_loss", "DIPConfig", "dip_preset",
     "DIPHistory", "DIPResult", "reconstruct_dip", "dip_loss",
     "save_checkpoint", "load_checkpoint",
-    "dip_config_from_data", "balanced_tv_weight", "estimate_noise_std",
+    "dip_config_from_data", "balanced_tv_weight", "estimate_noise_std", "iteration_cap",
 ]
