@@ -40,7 +40,7 @@ print(problem.sinogram.shape, f"noise std {problem.noise_std:.3g}")
 # weight ``γ`` by the balancing principle at the noise level and the U-Net for this size.
 # Only the number of iterations is cut for the docs.
 A = problem.ray_trafo
-config, how = dip_config_from_data(A, problem.sinogram, problem.fbp, problem.noise_std,
+config, _ = dip_config_from_data(A, problem.sinogram, problem.fbp, problem.noise_std,
                                    iterations=600)
 dip = reconstruct_dip(A, problem.sinogram, net_input=problem.fbp, config=config, progress=False)
 print(f"γ = {config.gamma:.2e}; PSNR: FBP {psnr(problem.fbp, x):.1f} dB, "
@@ -51,11 +51,14 @@ print(f"γ = {config.gamma:.2e}; PSNR: FBP {psnr(problem.fbp, x):.1f} dB, "
 # ----------------------------------
 # At 32² the exact evidence applies: ``K_yy`` is assembled from precomputed Gram matrices
 # and each hyperparameter step is one Cholesky factorisation. ``predcp_scale=1.0`` adds the
-# TV-PredCP hyperprior (TV-MAP) at the command line's scale. 100 steps do not converge (a
-# warning says so); the CLI runs 1,500.
+# TV-PredCP hyperprior (TV-MAP) at the command line's scale; like the command line, σ_y² is
+# held at the DIP's mean squared residual. 100 steps do not converge (a warning says so); the
+# CLI runs up to 1,500.
+sigma2 = float((A(dip.recon) - problem.sinogram).square().mean())
 lin = LinearizedDIP(dip.net, dip.net_input, A, problem.sinogram, gamma=config.gamma,
-                    noise_variance=how["noise_std"] ** 2)
-lin.optimize_hyperparameters("auto", predcp_scale=1.0, steps=100, progress=False)
+                    noise_variance=sigma2)
+lin.optimize_hyperparameters("auto", predcp_scale=1.0, steps=100, progress=False,
+                             learn_noise_variance=False)
 result = lin.estimate_uncertainty()
 pred = Prediction.from_uncertainty(result)  # the predictive type every method returns
 print(f"evidence mode {result.mode}; test log-likelihood "
