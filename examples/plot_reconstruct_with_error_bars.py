@@ -41,7 +41,7 @@ print(problem.sinogram.shape, f"noise std {problem.noise_std:.3g}")
 # Only the number of iterations is cut for the docs.
 A = problem.ray_trafo
 config, _ = dip_config_from_data(A, problem.sinogram, problem.fbp, problem.noise_std,
-                                   iterations=600)
+                                 iterations=600)
 dip = reconstruct_dip(A, problem.sinogram, net_input=problem.fbp, config=config, progress=False)
 print(f"γ = {config.gamma:.2e}; PSNR: FBP {psnr(problem.fbp, x):.1f} dB, "
       f"DIP {psnr(dip.recon, x):.1f} dB")
